@@ -1,0 +1,78 @@
+"""`halp bench`: the seed scripts' per-sample loop against the engine, same model and samples, one run.
+
+The seed-style loop does what the public scripts do for every sample: a separate vision forward, a
+forward with all hidden states, then a separate `generate`. The engine does one batched prefill with
+hooks and generates from its cache.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from halp.config import Params
+from halp.extract.engine import Extractor, token_positions
+from halp.extract.layers import resolve_layers
+from halp.extract.run import load_image, read_samples
+from halp.models.loading import LoadedModel, load_model
+
+
+@torch.inference_mode()
+def seed_style(loaded: LoadedModel, extractor: Extractor, images, questions, max_new_tokens: int) -> None:
+    model, adapter = loaded.model, loaded.adapter
+    for image, question in zip(images, questions, strict=True):
+        inputs = extractor.prepare([image], [question]).to(loaded.device)
+        adapter.standalone_vision(model, inputs).cpu()
+        hidden = model(**inputs, output_hidden_states=True).hidden_states
+        vision, query = token_positions(
+            inputs["input_ids"], inputs["attention_mask"], extractor.image_token_id
+        )
+        for k in extractor.layers:
+            hidden[k + 1][0, vision[0]].cpu(), hidden[k + 1][0, query[0]].cpu()
+        model.generate(
+            **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False
+        )
+
+
+def engine(extractor: Extractor, images, questions, batch_size: int, max_new_tokens: int) -> None:
+    for start in range(0, len(images), batch_size):
+        batch = extractor.prepare(images[start : start + batch_size], questions[start : start + batch_size])
+        extractor.run(batch, min_new_tokens=max_new_tokens)
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def benchmark(params: Params, model_name: str, n_samples: int, batch_size: int) -> dict[str, float]:
+    """Prints and returns samples/s of both paths and their ratio; every sample generates exactly
+    max_new_tokens tokens in both, so early stops cannot flatter either."""
+    settings = params.model(model_name)
+    samples = read_samples(params.data.out).head(n_samples)
+    images = [load_image(p) for p in samples.image_path]
+    questions = list(samples.question)
+    loaded = load_model(settings)
+    layers = resolve_layers(settings.layers, loaded.n_blocks, settings.model)
+    extractor = Extractor(loaded, layers, settings.max_new_tokens, params.extract.top_k)
+    new_tokens = settings.max_new_tokens
+    seed_style(loaded, extractor, images[:1], questions[:1], new_tokens)  # warm-up both paths
+    engine(extractor, images[:batch_size], questions[:batch_size], batch_size, new_tokens)
+    seed_s = _timed(seed_style, loaded, extractor, images, questions, new_tokens)
+    engine_s = _timed(engine, extractor, images, questions, batch_size, new_tokens)
+    result = {
+        "samples": len(images),
+        "seed_style_samples_per_s": len(images) / seed_s,
+        "engine_samples_per_s": len(images) / engine_s,
+        "speedup": seed_s / engine_s,
+    }
+    print(
+        f"{model_name} on {loaded.device}: {len(images)} samples, {new_tokens} new tokens each, "
+        f"engine batch {batch_size}\n"
+        f"  seed-style loop : {result['seed_style_samples_per_s']:8.2f} samples/s\n"
+        f"  engine          : {result['engine_samples_per_s']:8.2f} samples/s\n"
+        f"  speed-up        : {result['speedup']:8.2f}x"
+    )
+    return result

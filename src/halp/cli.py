@@ -1,0 +1,120 @@
+"""`halp`: one console entry, one subcommand per pipeline stage; each reads its section of params.yaml."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from halp.config import DEFAULT_PARAMS, ConfigError, Params, load_params
+from halp.data.schema import DatasetError
+
+log = logging.getLogger("halp")
+
+
+def _prepare_data(params: Params, args: argparse.Namespace) -> None:
+    from halp.data.demo import generate_demo
+
+    generate_demo(params.demo.out_dir, params.demo.n_images, params.demo.seed)
+
+
+def _build_tiny(params: Params, args: argparse.Namespace) -> None:
+    from halp.models.tiny import build_tiny
+
+    for arch in params.tiny.archs:
+        build_tiny(arch, params.tiny.out_dir, params.tiny.seed)
+
+
+def _sample(params: Params, args: argparse.Namespace) -> None:
+    from halp.data.sample import sample_dataset
+
+    sample_dataset(params.data)
+
+
+def _extract(params: Params, args: argparse.Namespace) -> None:
+    from halp.extract.run import extract
+
+    extract(params, args.model)
+
+
+def _summarize(params: Params, args: argparse.Namespace) -> None:
+    from halp.report.summary import write_summary
+    from halp.store import open_embeddings
+
+    params.model(args.model)
+    out = write_summary(
+        open_embeddings(params.extract.out_dir / args.model), params.summary.out_dir / f"{args.model}.json"
+    )
+    log.info("summary -> %s", out)
+
+
+def _export(params: Params, args: argparse.Namespace) -> None:
+    from halp.store import open_embeddings
+    from halp.store.export import export_per_question
+
+    params.model(args.model)
+    out = args.out or Path("data/export") / f"{args.model}.h5"
+    export_per_question(open_embeddings(params.extract.out_dir / args.model), out)
+    log.info("per-question export -> %s", out)
+
+
+def _bench(params: Params, args: argparse.Namespace) -> None:
+    from halp.bench import benchmark
+
+    benchmark(params, args.model, n_samples=args.n, batch_size=args.batch_size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="halp", description=__doc__)
+    parser.add_argument(
+        "--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("prepare-data", _prepare_data, "generate the demo dataset (params: demo)")
+    command(
+        "build-tiny", _build_tiny, "build tiny random-init models of the real architectures (params: tiny)"
+    )
+    command("sample", _sample, "validate the dataset CSV and draw the sample (params: data)")
+    for name, handler, text in (
+        ("extract", _extract, "extract representations and answers for one model"),
+        ("summarize", _summarize, "write metrics/summary/<model>.json"),
+    ):
+        command(name, handler, text).add_argument(
+            "--model", required=True, help="a key of params.yaml's models"
+        )
+    export = command("export", _export, "export embeddings in another layout")
+    export.add_argument("--model", required=True)
+    export.add_argument("--layout", choices=["per-question"], default="per-question")
+    export.add_argument("--out", type=Path, help="output file (default: data/export/<model>.h5)")
+    bench = command("bench", _bench, "seed-style loop vs the engine on the same samples and model")
+    bench.add_argument("--model", required=True)
+    bench.add_argument("--n", type=int, default=32, help="samples to time")
+    bench.add_argument("--batch-size", type=int, default=8)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        args.handler(load_params(args.params), args)
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError, KeyError) as err:
+        print(f"halp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

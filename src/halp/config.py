@@ -1,0 +1,124 @@
+"""params.yaml schema: every setting a user varies, validated once with messages that say how to fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message says what is wrong and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DemoSettings(_Section):
+    """The generated demo dataset (`halp prepare-data`)."""
+
+    out_dir: Path = Path("data/demo")
+    n_images: int = Field(48, ge=1)
+    seed: int = 0
+
+
+class TinySettings(_Section):
+    """Tiny randomly initialised models of the real architectures (`halp build-tiny`)."""
+
+    out_dir: Path = Path("models/tiny")
+    seed: int = 0
+    archs: list[str] = ["qwen2_vl", "qwen2_5_vl"]
+
+
+class DataSettings(_Section):
+    """Which CSV to sample from, how its columns are named, and how to sample."""
+
+    csv: Path = Path("data/demo/questions.csv")
+    images_dir: Path = Path("data/demo/images")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="our column name -> the CSV's column name, for CSVs that name them differently",
+    )
+    sample_size: int = Field(64, ge=1)
+    seed: int = 0
+    drop_invalid: bool = False
+    out: Path = Path("data/sampled/samples.csv")
+
+
+Layer = int | float
+
+
+class ModelSettings(_Section):
+    """One entry of the `models` map: what to load and how to extract from it."""
+
+    model: str = Field(description="hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct) or a local folder")
+    revision: str | None = None
+    layers: list[Layer] = [0, 0.5, 1.0]
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    storage_dtype: Literal["float32", "float16"] = "float32"
+    device: str = "auto"
+    batch_size: int = Field(8, ge=1)
+    checkpoint_interval: int = Field(256, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_well_formed(cls, layers: list[Layer]) -> list[Layer]:
+        if not layers:
+            raise ValueError("give at least one layer, e.g. [0, 0.5, 1.0]")
+        for layer in layers:
+            if isinstance(layer, float) and not 0.0 <= layer <= 1.0:
+                raise ValueError(
+                    f"fractional layer {layer} must lie in [0, 1] (0 = first block, 1.0 = last block); "
+                    "write an integer for a block index"
+                )
+        return layers
+
+
+class ExtractSettings(_Section):
+    out_dir: Path = Path("data/embeddings")
+    top_k: int = Field(5, ge=1)
+
+
+class SummarySettings(_Section):
+    out_dir: Path = Path("metrics/summary")
+
+
+class Params(_Section):
+    demo: DemoSettings = DemoSettings()
+    tiny: TinySettings = TinySettings()
+    data: DataSettings = DataSettings()
+    extract: ExtractSettings = ExtractSettings()
+    models: dict[str, ModelSettings]
+    summary: SummarySettings = SummarySettings()
+
+    def model(self, name: str) -> ModelSettings:
+        """The settings of one configured model, or an error naming the ones that exist."""
+        if name not in self.models:
+            known = ", ".join(sorted(self.models)) or "(none)"
+            raise ConfigError(
+                f"unknown model name {name!r}: params.yaml configures {known}. "
+                f"Add a `models.{name}` entry to params.yaml or pick one of those."
+            )
+        return self.models[name]
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml; a bad file gives one message listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run from the repository root or pass --params PATH")
+    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = "\n".join(
+            f"  - {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors(include_url=False)
+        )
+        raise ConfigError(f"{path} is invalid:\n{problems}") from None

@@ -1,0 +1,108 @@
+"""The HALP dataset schema: reading a CSV under any column names, validating it, repairing known damage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = (
+    "question_id",
+    "image_name",
+    "question",
+    "gt_answer",
+    "category",
+    "description",
+    "has_image",
+    "dataset",
+    "is_relational",
+)
+REQUIRED = ("question_id", "image_name", "question", "gt_answer", "dataset", "is_relational")
+MAX_LISTED = 20
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used as it is; the message names the rows and the fix."""
+
+
+def repair_ground_truth(answer: str) -> tuple[str, bool]:
+    """Undo `", ".join(s)` applied to a string: "n, o" -> ("no", True). Anything else is kept as it is.
+
+    HALP's release stores some answers as the characters of the answer joined by ", "; a real list
+    of single characters is vanishingly rare in VQA answers, so such values are rejoined and flagged.
+    """
+    parts = answer.split(", ")
+    if len(parts) > 1 and all(len(p) == 1 for p in parts):
+        return "".join(parts), True
+    return answer, False
+
+
+def _problem_list(title: str, rows: pd.DataFrame, fix: str) -> str:
+    lines = [f"  - CSV line {i + 2} ({row.question_id!r})" for i, row in rows.head(MAX_LISTED).iterrows()]
+    more = f"\n  ... and {len(rows) - MAX_LISTED} more" if len(rows) > MAX_LISTED else ""
+    return f"{title} ({len(rows)} rows):\n" + "\n".join(lines) + more + f"\n  fix: {fix}"
+
+
+def read_dataset(
+    csv: Path, images_dir: Path, columns: dict[str, str], drop_invalid: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read and validate a HALP-schema CSV: (valid rows, rejected rows), under our column names.
+
+    Structural faults (missing columns, duplicate ids) always stop. Row faults (missing image, empty
+    question) stop too unless `drop_invalid`, in which case those rows are returned as rejected,
+    each with its `invalid_reason`.
+    """
+    if not csv.is_file():
+        raise DatasetError(
+            f"dataset CSV {csv} not found: set data.csv in params.yaml or run `halp prepare-data`"
+        )
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    table = table.rename(columns={theirs: ours for ours, theirs in columns.items()})
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise DatasetError(
+            f"{csv} lacks required column(s) {missing}; it has {list(table.columns)}. "
+            "Rename them in the CSV or map them in params.yaml, e.g. data.columns: {gt_answer: answer}"
+        )
+    for optional in set(COLUMNS) - set(REQUIRED):
+        if optional not in table.columns:
+            table[optional] = "True" if optional == "has_image" else ""
+
+    duplicated = table[table.question_id.duplicated(keep=False)]
+    if len(duplicated):
+        raise DatasetError(
+            f"{csv}: " + _problem_list("duplicate question_id", duplicated, "give every question a unique id")
+        )
+
+    table = table[table.has_image.str.lower().isin(["true", "1", "yes"])].copy()
+    table["image_path"] = [str(images_dir / name) for name in table.image_name]
+    table["is_relational"] = table.is_relational.str.lower().isin(["true", "1", "yes"])
+    repaired = table.gt_answer.map(repair_ground_truth)
+    table["gt_answer"] = [answer for answer, _ in repaired]
+    table["gt_repaired"] = [flag for _, flag in repaired]
+
+    reasons = pd.Series("", index=table.index)
+    empty = table.question.str.strip() == ""
+    no_image = ~table.image_path.map(lambda p: Path(p).is_file())
+    reasons[no_image] = "image file not found"
+    reasons[empty] = "empty question"
+    invalid = reasons != ""
+    if invalid.any() and not drop_invalid:
+        problems = []
+        if empty.any():
+            problems.append(
+                _problem_list("empty question", table[empty], "write the question or drop the row")
+            )
+        if no_image.any():
+            problems.append(
+                _problem_list(
+                    f"image file not found under {images_dir}",
+                    table[no_image],
+                    "set data.images_dir in params.yaml to the folder holding the images, or add the files",
+                )
+            )
+        raise DatasetError(
+            f"{csv} has invalid rows (set data.drop_invalid: true to leave them out instead):\n"
+            + "\n".join(problems)
+        )
+    return table[~invalid].reset_index(drop=True), table[invalid].assign(invalid_reason=reasons[invalid])

@@ -1,0 +1,39 @@
+"""Forward hooks that keep only what was asked for, from the first call only, and always come off."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from torch import nn
+
+# (module output, call args, call kwargs) -> the small thing worth keeping
+Reducer = Callable[[Any, tuple, dict], Any]
+
+
+@contextmanager
+def capture_first_call(hooks: Mapping[str, tuple[nn.Module, Reducer]]) -> Iterator[dict[str, Any]]:
+    """Hook each named module; its first forward inside the block stores `reducer(output, args, kwargs)`.
+
+    During `generate` the first call of every module is the prefill over the whole prompt, so the
+    decode steps that follow are ignored. Hooks are removed on exit, also on error.
+    """
+    captured: dict[str, Any] = {}
+
+    def make_hook(name: str, reducer: Reducer):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if name not in captured:
+                captured[name] = reducer(output, args, kwargs)
+
+        return hook
+
+    handles = [
+        module.register_forward_hook(make_hook(name, reducer), with_kwargs=True)
+        for name, (module, reducer) in hooks.items()
+    ]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()

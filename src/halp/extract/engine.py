@@ -1,0 +1,125 @@
+"""One prefill pass per batch yields every representation; generation continues from the same cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL.Image import Image
+from torch import Tensor
+
+from halp.extract.capture import capture_first_call
+from halp.models.loading import LoadedModel
+
+VISION = "vision_encoder"
+
+
+@dataclass
+class BatchOutput:
+    """Per-sample results of one batch, on the CPU, in the batch's order."""
+
+    vision_only: np.ndarray  # [B, D_vis]
+    vision_token: np.ndarray  # [B, n_layers, H]
+    query_token: np.ndarray  # [B, n_layers, H]
+    first_token_logprobs: np.ndarray  # [B, k]
+    first_token_ids: np.ndarray  # [B, k]
+    vision_token_pos: np.ndarray  # [B], in the sample's own (unpadded) sequence
+    query_token_pos: np.ndarray  # [B]
+    seq_len: np.ndarray  # [B], prompt tokens without padding
+    n_image_tokens: np.ndarray  # [B]
+    n_generated_tokens: np.ndarray  # [B], up to and including the first end-of-sequence token
+    answers: list[str]
+
+
+def token_positions(input_ids: Tensor, attention_mask: Tensor, image_token_id: int) -> tuple[Tensor, Tensor]:
+    """(last image-placeholder position, last prompt position) per row, found from the ids themselves."""
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+    is_image = input_ids == image_token_id
+    if not bool(is_image.any(dim=1).all()):
+        rows = (~is_image.any(dim=1)).nonzero().flatten().tolist()
+        raise ValueError(f"rows {rows} hold no image token (id {image_token_id}): the prompt lost its image")
+    vision = torch.where(is_image, columns, -1).amax(dim=1)
+    query = torch.where(attention_mask.bool(), columns, -1).amax(dim=1)
+    return vision, query
+
+
+def _count_until_eos(generated: Tensor, eos_ids: set[int]) -> Tensor:
+    """Tokens generated per row, counting the first end-of-sequence token and none of the padding after."""
+    is_eos = torch.zeros_like(generated, dtype=torch.bool)
+    for eos in eos_ids:
+        is_eos |= generated == eos
+    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, generated.shape[1])
+    return first
+
+
+class Extractor:
+    """Captures VF, VT and QT with hooks during `generate`'s own prefill: no second pass."""
+
+    def __init__(self, loaded: LoadedModel, layers: Sequence[int], max_new_tokens: int, top_k: int):
+        self.loaded = loaded
+        self.layers = list(layers)
+        self.max_new_tokens = max_new_tokens
+        self.top_k = top_k
+        self.image_token_id = loaded.adapter.image_token(loaded.model)
+        eos = loaded.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+
+    def prepare(self, images: Sequence[Image], questions: Sequence[str]) -> Any:
+        return self.loaded.adapter.build_inputs(self.loaded.processor, images, questions)
+
+    @torch.inference_mode()
+    def run(self, inputs: Any, **generate_kwargs: Any) -> BatchOutput:
+        """Extract from a prepared, left-padded batch; generate_kwargs (min_new_tokens...) go to generate."""
+        model, adapter = self.loaded.model, self.loaded.adapter
+        inputs = inputs.to(self.loaded.device)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        batch, prompt_len = ids.shape
+        vision_pos, query_pos = token_positions(ids, mask, self.image_token_id)
+        rows = torch.arange(batch, device=ids.device)[:, None]
+        wanted = torch.stack([vision_pos, query_pos], dim=1)  # [B, 2]
+
+        def keep_positions(output: Any, args: tuple, kwargs: dict) -> Tensor:
+            hidden = output[0] if isinstance(output, tuple) else output  # [B, S, H]
+            if hidden.shape[1] != prompt_len:
+                raise RuntimeError(
+                    f"decoder hook saw sequence length {hidden.shape[1]}, expected the prefill's {prompt_len}"
+                )
+            return hidden[rows, wanted]  # [B, 2, H]
+
+        blocks = adapter.blocks(model)
+        hooks = {str(k): (blocks[k], keep_positions) for k in self.layers}
+        hooks[VISION] = (adapter.vision_module(model), adapter.pool_vision)
+        with capture_first_call(hooks) as captured:
+            out = model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                return_dict_in_generate=True,
+                output_logits=True,
+                **generate_kwargs,
+            )
+        states = (
+            torch.stack([captured[str(k)] for k in self.layers], dim=1).float().cpu()
+        )  # [B, n_layers, 2, H]
+        vision_only = captured[VISION].float().cpu()
+        if vision_only.shape[0] != batch:
+            raise RuntimeError(f"vision encoder pooled {vision_only.shape[0]} images for a batch of {batch}")
+        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1).topk(self.top_k, dim=-1)
+        generated = out.sequences[:, prompt_len:]
+        padding = (prompt_len - mask.sum(dim=1)).cpu()
+        return BatchOutput(
+            vision_only=vision_only.numpy(),
+            vision_token=states[:, :, 0].numpy(),
+            query_token=states[:, :, 1].numpy(),
+            first_token_logprobs=logprobs.values.cpu().numpy(),
+            first_token_ids=logprobs.indices.cpu().numpy(),
+            vision_token_pos=(vision_pos.cpu() - padding).numpy(),
+            query_token_pos=(query_pos.cpu() - padding).numpy(),
+            seq_len=mask.sum(dim=1).cpu().numpy(),
+            n_image_tokens=(ids == self.image_token_id).sum(dim=1).cpu().numpy(),
+            n_generated_tokens=_count_until_eos(generated, self.eos_ids).cpu().numpy(),
+            answers=self.loaded.processor.batch_decode(generated, skip_special_tokens=True),
+        )

@@ -1,0 +1,178 @@
+"""`halp extract`: the sampled CSV through one model into part files, resumable, losing nothing on faults."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from halp.config import Params
+from halp.extract.engine import BatchOutput, Extractor
+from halp.extract.layers import resolve_layers
+from halp.models.loading import load_model, model_fingerprint
+from halp.store.parts import ARRAYS, SCHEMA_VERSION, PartBuffer, PartFolder, write_part
+
+log = logging.getLogger(__name__)
+PACKAGES = ("halp", "torch", "transformers", "h5py")
+
+
+def load_image(path: str) -> Image.Image:
+    """The image as RGB, or an error that names the file and what is wrong with it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path} (check data.images_dir)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"image {path} cannot be decoded ({err}); replace or remove the file") from None
+
+
+def _batches(rows: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
+    for start in range(0, len(rows), size):
+        yield rows.iloc[start : start + size]
+
+
+def _meta(row: pd.Series, out: BatchOutput, i: int) -> dict:
+    return {
+        "sample_id": row.question_id,
+        "image_id": row.image_name,
+        "question": row.question,
+        "ground_truth": row.gt_answer,
+        "source": row.dataset,
+        "category": row.category,
+        "answer": out.answers[i],
+        "vision_token_pos": int(out.vision_token_pos[i]),
+        "query_token_pos": int(out.query_token_pos[i]),
+        "seq_len": int(out.seq_len[i]),
+        "n_image_tokens": int(out.n_image_tokens[i]),
+        "n_generated_tokens": int(out.n_generated_tokens[i]),
+    }
+
+
+class ExtractionRun:
+    """Feeds batches through the Extractor, isolating faulty samples, and writes a part every
+    `checkpoint_interval` samples."""
+
+    def __init__(self, params: Params, model_name: str):
+        self.name = model_name
+        self.settings = params.model(model_name)
+        self.top_k = params.extract.top_k
+        self.folder = params.extract.out_dir / model_name
+        self.loaded = load_model(self.settings)
+        self.layers = resolve_layers(self.settings.layers, self.loaded.n_blocks, self.settings.model)
+        self.extractor = Extractor(self.loaded, self.layers, self.settings.max_new_tokens, self.top_k)
+        self.config_hash = self._config_hash()
+        self.parts = PartFolder(self.folder, self.config_hash)
+        self.buffer = PartBuffer()
+        self.vision_dim = 0
+
+    def _config_hash(self) -> str:
+        """What changes the numbers (weights, layers, dtypes, generation, schema), not batch or device."""
+        identity = {
+            "schema_version": SCHEMA_VERSION,
+            "weights": model_fingerprint(self.settings.model, self.settings.revision),
+            "layers": self.layers,
+            "dtype": self.settings.dtype,
+            "storage_dtype": self.settings.storage_dtype,
+            "max_new_tokens": self.settings.max_new_tokens,
+            "top_k": self.top_k,
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _attrs(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model_name": self.name,
+            "model_id": self.settings.model,
+            "model_type": self.loaded.model_type,
+            "revision": self.settings.revision or "",
+            "dtype": self.settings.dtype,
+            "storage_dtype": self.settings.storage_dtype,
+            "device": str(self.loaded.device),
+            "attn_implementation": self.loaded.attn_implementation,
+            "layers": self.layers,
+            "num_layers": self.loaded.n_blocks,
+            "hidden_size": self.loaded.hidden_size,
+            "vision_dim": self.vision_dim,
+            "max_new_tokens": self.settings.max_new_tokens,
+            "config_hash": self.config_hash,
+            "package_versions": json.dumps({p: version(p) for p in PACKAGES}),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+    def _flush(self) -> None:
+        if len(self.buffer):
+            path = self.parts.next_part()
+            write_part(path, self.buffer, self._attrs(), self.settings.storage_dtype)
+            log.info(
+                "wrote %s (%d samples, %d errors)", path.name, len(self.buffer.meta), len(self.buffer.errors)
+            )
+            self.buffer = PartBuffer()
+
+    def _keep(self, rows: pd.DataFrame, out: BatchOutput) -> None:
+        self.vision_dim = out.vision_only.shape[1]
+        for i, (_, row) in enumerate(rows.iterrows()):
+            self.buffer.add(_meta(row, out, i), {name: getattr(out, name)[i] for name in ARRAYS})
+            if len(self.buffer) >= self.settings.checkpoint_interval:
+                self._flush()
+
+    def _extract(self, rows: pd.DataFrame) -> None:
+        """One batch; if it fails as a whole, each sample alone, so one bad sample costs only itself."""
+        images, good = [], []
+        for _, row in rows.iterrows():
+            try:
+                images.append(load_image(row.image_path))
+                good.append(row)
+            except (FileNotFoundError, ValueError) as err:
+                log.warning("%s: %s", row.question_id, err)
+                self.buffer.fail(row.question_id, "load_image", str(err))
+        if not good:
+            return
+        good_rows = pd.DataFrame(good)
+        try:
+            self._keep(
+                good_rows, self.extractor.run(self.extractor.prepare(images, list(good_rows.question)))
+            )
+        except Exception as err:
+            if len(good_rows) == 1:
+                log.warning("%s: extraction failed: %s", good_rows.iloc[0].question_id, err)
+                self.buffer.fail(good_rows.iloc[0].question_id, "extract", f"{type(err).__name__}: {err}")
+                return
+            log.warning("batch failed (%s); retrying its samples one by one", err)
+            for i in range(len(good_rows)):
+                self._extract(good_rows.iloc[i : i + 1])
+
+    def run(self, samples: pd.DataFrame) -> None:
+        done = self.parts.prepare()
+        todo = samples[~samples.question_id.isin(done)]
+        log.info(
+            "%s: %d samples, %d already done, %d to extract", self.name, len(samples), len(done), len(todo)
+        )
+        with tqdm(total=len(todo), desc=f"extract {self.name}", unit="sample") as progress:
+            for rows in _batches(todo, self.settings.batch_size):
+                self._extract(rows)
+                progress.update(len(rows))
+        self._flush()
+        self.parts.write_manifest(self.name, list(samples.question_id))
+
+
+def read_samples(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"sampled CSV {path} not found: run `halp sample` first")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def extract(params: Params, model_name: str) -> Path:
+    params.model(model_name)  # unknown names fail before any model is loaded
+    samples = read_samples(params.data.out)
+    run = ExtractionRun(params, model_name)
+    run.run(samples)
+    return run.folder

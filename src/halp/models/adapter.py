@@ -1,0 +1,72 @@
+"""One small interface per architecture: where its parts are and how its vision encoder is pooled.
+
+Everything else (batching, hooks, generation, storage) is shared by all architectures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import transformers
+from PIL.Image import Image
+from torch import Tensor, nn
+from transformers import AutoModelForImageTextToText, BatchFeature
+
+# (encoder output, call args, call kwargs) -> [n_images, D_vis], one pooled vector per image, in order.
+VisionPooler = Callable[[Any, tuple, dict], Tensor]
+# processor outputs -> (args, kwargs) that call the vision encoder alone, as the model itself would.
+VisionCall = Callable[[BatchFeature], tuple[tuple, dict]]
+
+
+def resolve(root: Any, path: str) -> Any:
+    """Follow a dotted attribute path, failing with a message that names the path and the library version."""
+    node = root
+    for i, part in enumerate(path.split(".")):
+        if not hasattr(node, part):
+            walked = ".".join(path.split(".")[:i]) or type(root).__name__
+            raise AttributeError(
+                f"{type(root).__name__} has no {path!r} ({walked} has no {part!r}) in transformers "
+                f"{transformers.__version__}: the module layout moved; update this adapter's paths"
+            )
+        node = getattr(node, part)
+    return node
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Model-specific facts, as data; paths are dotted attributes from the loaded top-level model."""
+
+    decoder_blocks: str
+    final_norm: str
+    vision_encoder: str
+    image_token_id: str  # dotted attribute of model.config
+    pool_vision: VisionPooler
+    vision_call: VisionCall
+    auto_class: type = AutoModelForImageTextToText
+
+    def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
+        return resolve(model, self.decoder_blocks)
+
+    def vision_module(self, model: nn.Module) -> nn.Module:
+        return resolve(model, self.vision_encoder)
+
+    def standalone_vision(self, model: nn.Module, inputs: BatchFeature) -> Tensor:
+        """VF from a separate pass over the vision encoder: the seed scripts' way, kept as a reference."""
+        args, kwargs = self.vision_call(inputs)
+        return self.pool_vision(self.vision_module(model)(*args, **kwargs), args, kwargs)
+
+    def image_token(self, model: nn.Module) -> int:
+        return int(resolve(model.config, self.image_token_id))
+
+    def build_inputs(self, processor: Any, images: Sequence[Image], questions: Sequence[str]) -> BatchFeature:
+        """The model's own chat template around (image, question), batched with left padding."""
+        texts = [
+            processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                add_generation_prompt=True,
+            )
+            for q in questions
+        ]
+        return processor(text=texts, images=list(images), padding=True, return_tensors="pt")

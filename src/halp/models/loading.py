@@ -1,0 +1,93 @@
+"""Load a model and its processor through `from_pretrained`, the same path for hub ids and local folders."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoProcessor, PreTrainedModel
+
+from halp.config import ModelSettings
+from halp.models.adapter import Adapter, resolve
+from halp.models.registry import adapter_for
+
+log = logging.getLogger(__name__)
+FULL_HASH_LIMIT = 1 << 30  # local folders up to 1 GiB are fingerprinted by content, larger ones by name+size
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    processor: Any
+    adapter: Adapter
+    model_type: str
+    device: torch.device
+    dtype: torch.dtype
+    attn_implementation: str
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.adapter.blocks(self.model))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(resolve(self.model, self.adapter.final_norm).weight.shape[0])
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def pick_attention(setting: str, device: torch.device) -> str:
+    """flash_attention_2 where it is installed and can run (CUDA), else PyTorch's sdpa."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def model_fingerprint(source: str, revision: str | None) -> str:
+    """What identifies the weights: a local folder's content (so a rebuilt tiny model invalidates old
+    embeddings), or a hub id at its revision."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return f"{source}@{revision or 'main'}"
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    content = sum(p.stat().st_size for p in files) <= FULL_HASH_LIMIT
+    for path in files:
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes() if content else str(path.stat().st_size).encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def load_model(settings: ModelSettings) -> LoadedModel:
+    source, revision = settings.model, settings.revision
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"cannot load model {source!r}: {err}\n"
+            "Give a local folder holding config.json, or a hub id reachable from here "
+            "(offline: download it first, e.g. `hf download ID`)."
+        ) from err
+    adapter = adapter_for(config.model_type, source)
+    device = pick_device(settings.device)
+    dtype = getattr(torch, settings.dtype)
+    attention = pick_attention(settings.attn_implementation, device)
+    model = adapter.auto_class.from_pretrained(
+        source, revision=revision, dtype=dtype, attn_implementation=attention
+    )
+    model = model.to(device).eval()
+    processor = AutoProcessor.from_pretrained(source, revision=revision)
+    processor.tokenizer.padding_side = "left"  # batched prompts must end at the same position
+    log.info("loaded %s (%s) on %s, %s, attention=%s", source, config.model_type, device, dtype, attention)
+    return LoadedModel(model, processor, adapter, config.model_type, device, dtype, attention)

@@ -1,0 +1,28 @@
+"""Qwen2-VL and Qwen2.5-VL: many <|image_pad|> tokens; VF is the vision tower's output before the merger."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from halp.models.adapter import Adapter
+
+
+def pool_patches_per_image(output, args: tuple, kwargs: dict) -> Tensor:
+    """Mean of each image's own patches. The tower concatenates all images' patches ([P_total, D_vis],
+    pre-merger); `grid_thw` says how many belong to each. Qwen2.5-VL permutes patches into windows,
+    but only within an image, and a mean does not depend on order."""
+    grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+    sizes = grid.prod(dim=-1).tolist()
+    patches = output.last_hidden_state.float()
+    return torch.stack([chunk.mean(dim=0) for chunk in patches.split(sizes)])
+
+
+QWEN_VL = Adapter(
+    decoder_blocks="model.language_model.layers",
+    final_norm="model.language_model.norm",
+    vision_encoder="model.visual",
+    image_token_id="image_token_id",
+    pool_vision=pool_patches_per_image,
+    vision_call=lambda inputs: ((inputs["pixel_values"],), {"grid_thw": inputs["image_grid_thw"]}),
+)

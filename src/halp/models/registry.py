@@ -1,0 +1,20 @@
+"""Which adapter serves which transformers `model_type`."""
+
+from __future__ import annotations
+
+from halp.models.adapter import Adapter
+from halp.models.qwen_vl import QWEN_VL
+
+ADAPTERS: dict[str, Adapter] = {
+    "qwen2_vl": QWEN_VL,
+    "qwen2_5_vl": QWEN_VL,
+}
+
+
+def adapter_for(model_type: str, source: str) -> Adapter:
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"{source} is a {model_type!r} model, which halp has no adapter for; "
+            f"supported architectures: {', '.join(sorted(ADAPTERS))}"
+        )
+    return ADAPTERS[model_type]

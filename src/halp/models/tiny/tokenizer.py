@@ -1,0 +1,39 @@
+"""A small byte-level BPE tokenizer trained here, so tiny models need nothing from the hub."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from halp.data.demo import COLOURS, SHAPES
+
+_WORDS = [
+    "is there a in the image what color shape which closest to left of right above below why",
+    "touching yes no there is not I cannot see picture shows describe the user assistant system",
+    "the answer looks like object objects square circle triangle next behind front small large",
+]
+
+
+def _corpus() -> list[str]:
+    lines = list(_WORDS)
+    lines += [f"Is there a {c} {s} in the image? yes no" for c in COLOURS for s in SHAPES]
+    return lines * 20
+
+
+def train_tokenizer(specials: list[str], vocab_size: int = 512, **kwargs) -> PreTrainedTokenizerFast:
+    """Train on a fixed corpus; `specials` become special tokens with the lowest ids, first = unk.
+
+    `padding_side="left"` must be a constructor argument: set afterwards it is not saved.
+    """
+    bpe = Tokenizer(models.BPE(unk_token=specials[0]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(_corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token=specials[0], padding_side="left", **kwargs
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    return tokenizer

@@ -1,0 +1,52 @@
+"""Per-model summary statistics of the extracted representations, written as DVC metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from halp.store.reader import Embeddings
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "mean_l2_norm": float(np.linalg.norm(values, axis=1).mean()),
+    }
+
+
+def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(((a * b).sum(axis=1) / np.maximum(norms, 1e-12)).mean())
+
+
+def summarize(embeddings: Embeddings) -> dict:
+    meta = embeddings.meta
+    vision_only = embeddings.get("vision_only")
+    layers = {}
+    for layer in embeddings.layers:
+        vt, qt = embeddings.get("vision_token", layer), embeddings.get("query_token", layer)
+        layers[str(layer)] = {
+            "vision_token": _stats(vt),
+            "query_token": _stats(qt),
+            "cosine_vt_qt": _mean_cosine(vt, qt),
+        }
+    return {
+        "n_samples": len(meta),
+        "n_errors": len(embeddings.errors),
+        "vision_only": {**_stats(vision_only), "dim": int(vision_only.shape[1])},
+        "layers": layers,
+        "answer": {
+            "mean_chars": float(meta.answer.str.len().mean()),
+            "mean_tokens": float(meta.n_generated_tokens.mean()),
+        },
+    }
+
+
+def write_summary(embeddings: Embeddings, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summarize(embeddings), indent=2) + "\n")
+    return out
