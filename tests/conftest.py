@@ -1,0 +1,136 @@
+"""Session fixtures: the real tiny models, built once and loaded through the same path as real ones."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an accidental hub call fails at once instead of hanging
+
+from halp.config import ModelSettings  # noqa: E402
+from halp.models.loading import LoadedModel, load_model  # noqa: E402
+from halp.models.tiny import build_tiny  # noqa: E402
+
+QWEN_ARCHS = ["qwen2_vl", "qwen2_5_vl"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    for arch in QWEN_ARCHS:
+        build_tiny(arch, out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def load_tiny(tiny_dir):
+    cache: dict[str, LoadedModel] = {}
+
+    def load(arch: str) -> LoadedModel:
+        if arch not in cache:
+            cache[arch] = load_model(ModelSettings(model=str(tiny_dir / arch)))
+        return cache[arch]
+
+    return load
+
+
+def random_image(height: int, width: int, seed: int) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+# Different sizes give different patch grids (so different image-token counts), and questions of
+# different lengths, so a batch needs real left padding.
+MIXED = [
+    ((100, 90), "Is the red circle to the left of the blue square?"),
+    ((60, 150), "What color?"),
+    ((200, 200), "Why is the purple triangle touching the green circle in this picture?"),
+]
+
+
+@pytest.fixture(scope="session")
+def mixed_batch():
+    return [random_image(h, w, seed=i) for i, ((h, w), _) in enumerate(MIXED)], [q for _, q in MIXED]
+
+
+def halp(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real `halp` console entry in a subprocess."""
+    result = subprocess.run(
+        [sys.executable, "-m", "halp", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"halp {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture()
+def workspace(tmp_path, tiny_dir) -> Path:
+    """A folder with a demo dataset, a sample of it and a params.yaml pointing at the tiny models."""
+    params = {
+        "demo": {"out_dir": "demo", "n_images": 12, "seed": 0},
+        "data": {
+            "csv": "demo/questions.csv",
+            "images_dir": "demo/images",
+            "sample_size": 24,
+            "seed": 0,
+            "out": "sampled/samples.csv",
+        },
+        "extract": {"out_dir": "embeddings", "top_k": 5},
+        "summary": {"out_dir": "summary"},
+        "models": {
+            arch: {
+                "model": str(tiny_dir / arch),
+                "layers": [0, 0.5, -1],
+                "batch_size": 2,
+                "checkpoint_interval": 4,
+                "max_new_tokens": 6,
+            }
+            for arch in QWEN_ARCHS
+        },
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    from halp.config import load_params
+    from halp.data.demo import generate_demo
+    from halp.data.sample import sample_dataset
+
+    loaded = load_params(tmp_path / "params.yaml")
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        generate_demo(loaded.demo.out_dir, loaded.demo.n_images, loaded.demo.seed)
+        sample_dataset(loaded.data)
+    finally:
+        os.chdir(cwd)
+    return tmp_path
+
+
+def set_params(folder: Path, changes: dict) -> None:
+    """Edit params.yaml in folder: changes are dotted keys, e.g. {"models.qwen2_vl.layers": [1]}."""
+    path = folder / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params))
+
+
+def copy_repo(dest: Path) -> Path:
+    """The repository's tracked files, as a fresh clone would have them."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in files.splitlines():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    return dest

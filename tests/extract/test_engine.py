@@ -1,0 +1,135 @@
+"""Every extraction point against an independent reference, batched and one by one, for each architecture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from halp.extract.engine import Extractor
+from halp.models.adapter import resolve
+from tests.conftest import QWEN_ARCHS
+
+LAYERS = [0, 2, 3]  # first, middle and last block of the 4-block tiny models
+MAX_NEW = 6
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=QWEN_ARCHS)
+def setup(request, load_tiny, mixed_batch):
+    loaded = load_tiny(request.param)
+    extractor = Extractor(loaded, LAYERS, max_new_tokens=MAX_NEW, top_k=5)
+    images, questions = mixed_batch
+    batch_inputs = extractor.prepare(images, questions)
+    batched = extractor.run(batch_inputs)
+    singles = [extractor.prepare([im], [q]) for im, q in zip(images, questions, strict=True)]
+    return loaded, extractor, batch_inputs, batched, singles
+
+
+def reference_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token: int):
+    """Plain Python over the ids: last image placeholder and last attended token of each row."""
+    vision, query = [], []
+    for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+        vision.append(max(i for i, t in enumerate(ids) if t == image_token))
+        query.append(max(i for i, m in enumerate(mask) if m == 1))
+    return vision, query
+
+
+def test_batch_really_mixes_image_sizes_and_padding(setup):
+    loaded, extractor, batch_inputs, batched, _ = setup
+    assert len(set(batched.n_image_tokens.tolist())) > 1
+    assert len(set(batched.seq_len.tolist())) > 1
+    assert batch_inputs["attention_mask"][:, 0].min() == 0, "expected left padding in the batch"
+
+
+def test_positions_match_input_ids(setup):
+    loaded, extractor, batch_inputs, batched, singles = setup
+    for i, single in enumerate(singles):
+        vision, query = reference_positions(single["input_ids"], single["attention_mask"], extractor.image_token_id)
+        assert batched.vision_token_pos[i] == vision[0]
+        assert batched.query_token_pos[i] == query[0] == single["input_ids"].shape[1] - 1
+        assert batched.seq_len[i] == single["input_ids"].shape[1]
+        assert batched.n_image_tokens[i] == int((single["input_ids"] == extractor.image_token_id).sum())
+        assert single["input_ids"][0, vision[0] + 1] != extractor.image_token_id  # really the last one
+
+
+@torch.inference_mode()
+def test_vt_qt_equal_plain_forward_hidden_states(setup):
+    """Block k <-> hidden_states[k + 1]; the last block is stored before the final norm, so the final
+    norm applied to it must give hidden_states[-1]."""
+    loaded, extractor, _, batched, singles = setup
+    model = loaded.model
+    final_norm = resolve(model, loaded.adapter.final_norm)
+    n_blocks = loaded.n_blocks
+    for i, single in enumerate(singles):
+        hidden = model(**single, output_hidden_states=True).hidden_states
+        assert len(hidden) == n_blocks + 1
+        positions = {"vision_token": batched.vision_token_pos[i], "query_token": batched.query_token_pos[i]}
+        for name, pos in positions.items():
+            stored = torch.from_numpy(getattr(batched, name)[i])  # [n_layers, H]
+            for j, k in enumerate(LAYERS):
+                expected = hidden[k + 1][0, pos]
+                if k == n_blocks - 1:
+                    assert not torch.allclose(stored[j], expected, atol=TOL), "last block must be pre-norm"
+                    torch.testing.assert_close(final_norm(stored[j]), expected, atol=TOL, rtol=0)
+                else:
+                    torch.testing.assert_close(stored[j], expected, atol=TOL, rtol=0)
+
+
+def test_batched_equals_one_by_one(setup):
+    _, extractor, _, batched, singles = setup
+    for i, single in enumerate(singles):
+        alone = extractor.run(single)
+        for name in ("vision_only", "vision_token", "query_token", "first_token_logprobs"):
+            np.testing.assert_allclose(getattr(batched, name)[i], getattr(alone, name)[0], atol=TOL, rtol=0)
+        for name in ("vision_token_pos", "query_token_pos", "seq_len", "n_image_tokens"):
+            assert getattr(batched, name)[i] == getattr(alone, name)[0]
+        assert batched.answers[i] == alone.answers[0]
+
+
+@torch.inference_mode()
+def test_vision_only_is_pre_merger_mean_per_sample(setup):
+    loaded, _, _, batched, singles = setup
+    tower = loaded.model.model.visual  # the real module, named here independently of the adapter
+    for i, single in enumerate(singles):
+        out = tower(single["pixel_values"], grid_thw=single["image_grid_thw"])
+        patches = out.last_hidden_state
+        assert patches.shape[0] == int(single["image_grid_thw"].prod())  # pre-merger: one row per patch
+        np.testing.assert_allclose(batched.vision_only[i], patches.mean(dim=0).numpy(), atol=TOL, rtol=0)
+    assert batched.vision_only.shape[1] == loaded.model.config.vision_config.to_dict().get(
+        "embed_dim", loaded.model.config.vision_config.hidden_size
+    )
+
+
+@torch.inference_mode()
+def test_answer_equals_plain_greedy_generate(setup):
+    loaded, _, _, batched, singles = setup
+    for i, single in enumerate(singles):
+        out = loaded.model.generate(**single, max_new_tokens=MAX_NEW, do_sample=False)
+        plain = loaded.processor.decode(out[0, single["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert batched.answers[i] == plain
+
+
+@torch.inference_mode()
+def test_first_token_logprobs_match_plain_forward(setup):
+    loaded, _, _, batched, singles = setup
+    for i, single in enumerate(singles):
+        logits = loaded.model(**single).logits[0, -1]
+        top = torch.log_softmax(logits, dim=-1).topk(5)
+        np.testing.assert_allclose(batched.first_token_logprobs[i], top.values.numpy(), atol=TOL, rtol=0)
+        assert batched.first_token_ids[i][0] == top.indices[0]
+
+
+def test_hooks_are_removed_after_a_run_even_on_error(setup):
+    loaded, extractor, batch_inputs, _, _ = setup
+    modules = [*loaded.adapter.blocks(loaded.model), loaded.adapter.vision_module(loaded.model)]
+
+    def hook_count() -> int:  # transformers keeps hooks of its own on some modules: count ours by difference
+        return sum(len(m._forward_hooks) for m in modules)
+
+    before = hook_count()
+    extractor.run(batch_inputs)
+    assert hook_count() == before
+    with pytest.raises(ValueError):
+        extractor.run(batch_inputs, not_a_generate_argument=True)  # generate refuses it, hooks in place
+    assert hook_count() == before
