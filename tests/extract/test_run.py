@@ -1,0 +1,129 @@
+"""`halp extract` as a user runs it: resume after a kill, stale parts, faulty samples, bad settings."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from halp.store import open_embeddings
+from tests.conftest import halp, set_params
+
+ARRAYS = ["vision_only", "first_token_logprobs"]
+
+
+def all_arrays(folder: Path) -> dict[str, np.ndarray]:
+    emb = open_embeddings(folder)
+    arrays = {name: emb.get(name) for name in ARRAYS}
+    for rep in ("vision_token", "query_token"):
+        for layer in emb.layers:
+            arrays[f"{rep}/{layer}"] = emb.get(rep, layer)
+    return arrays
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_arrays(workspace):
+    model = "qwen2_5_vl"
+    set_params(workspace, {f"models.{model}.max_new_tokens": 24})
+    halp("extract", "--model", model, cwd=workspace)
+    reference = all_arrays(workspace / "embeddings" / model)
+    reference_meta = open_embeddings(workspace / "embeddings" / model).meta
+
+    set_params(workspace, {"extract.out_dir": "resumed"})
+    folder = workspace / "resumed" / model
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "halp", "extract", "--model", model],
+        cwd=workspace,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (folder / "part-00000.h5").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "extract ended before its first part"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    parts_after_kill = sorted(p.name for p in folder.glob("part-*.h5"))
+    assert 1 <= len(parts_after_kill) < 6, "the kill must land mid-run for this test to mean anything"
+    assert not (folder / "manifest.json").exists()
+
+    result = halp("extract", "--model", model, cwd=workspace)
+    assert "already done" in result.stderr
+    resumed = open_embeddings(folder)
+    assert not resumed.meta.sample_id.duplicated().any()
+    pd.testing.assert_frame_equal(resumed.meta, reference_meta)
+    for name, values in all_arrays(folder).items():
+        np.testing.assert_array_equal(values, reference[name], err_msg=name)
+    assert not list(folder.glob("*.tmp"))
+
+
+def test_changed_layers_remove_stale_parts(workspace):
+    model = "qwen2_vl"
+    set_params(workspace, {"data.sample_size": 6})
+    halp("sample", cwd=workspace)
+    halp("extract", "--model", model, cwd=workspace)
+    folder = workspace / "embeddings" / model
+    assert open_embeddings(folder).layers == [0, 2, 3]
+
+    set_params(workspace, {f"models.{model}.layers": [1]})
+    result = halp("extract", "--model", model, cwd=workspace)
+    assert "extracted with another configuration" in result.stderr
+    emb = open_embeddings(folder)
+    assert emb.layers == [1]
+    assert len(emb.meta) == 6
+    for part in emb.parts:
+        with h5py.File(part) as f:
+            assert list(f.attrs["layers"]) == [1]
+
+
+def test_faulty_images_become_error_rows_and_the_run_goes_on(workspace):
+    model = "qwen2_vl"
+    samples = pd.read_csv(workspace / "sampled/samples.csv", dtype=str, keep_default_na=False).head(6)
+    corrupt = workspace / "demo/images/corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    samples.loc[1, "image_path"] = str(corrupt)
+    samples.loc[3, "image_path"] = str(workspace / "demo/images/gone.png")
+    samples.to_csv(workspace / "sampled/samples.csv", index=False)
+
+    halp("extract", "--model", model, cwd=workspace)
+    emb = open_embeddings(workspace / "embeddings" / model)
+    assert list(emb.meta.sample_id) == [samples.question_id[i] for i in (0, 2, 4, 5)]
+    errors = emb.errors.set_index("sample_id")
+    assert set(errors.index) == {samples.question_id[1], samples.question_id[3]}
+    assert "cannot be decoded" in errors.loc[samples.question_id[1], "message"]
+    assert "corrupt.png" in errors.loc[samples.question_id[1], "message"]
+    assert "image not found" in errors.loc[samples.question_id[3], "message"]
+    assert (errors.stage == "load_image").all()
+
+    again = halp("extract", "--model", model, cwd=workspace)
+    assert "6 already done, 0 to extract" in again.stderr
+
+
+def test_unknown_model_name_names_the_configured_ones(workspace):
+    result = halp("extract", "--model", "llava", cwd=workspace, check=False)
+    assert result.returncode == 2
+    assert "unknown model name 'llava'" in result.stderr
+    assert "qwen2_5_vl, qwen2_vl" in result.stderr
+
+
+def test_layer_out_of_range_says_the_valid_range(workspace):
+    set_params(workspace, {"models.qwen2_vl.layers": [0, 4]})
+    result = halp("extract", "--model", "qwen2_vl", cwd=workspace, check=False)
+    assert result.returncode == 2
+    assert "layer 4 is out of range" in result.stderr
+    assert "has 4 decoder blocks: use 0..3, -4..-1, or a fraction in [0, 1]" in result.stderr
+    assert not list((workspace / "embeddings").glob("*/part-*.h5"))
+
+
+def test_missing_sample_csv_says_which_stage_to_run(workspace):
+    (workspace / "sampled/samples.csv").unlink()
+    result = halp("extract", "--model", "qwen2_vl", cwd=workspace, check=False)
+    assert result.returncode == 2
+    assert "run `halp sample` first" in result.stderr
