@@ -45,7 +45,9 @@ def test_batch_really_mixes_image_sizes_and_padding(setup):
 def test_positions_match_input_ids(setup):
     loaded, extractor, batch_inputs, batched, singles = setup
     for i, single in enumerate(singles):
-        vision, query = reference_positions(single["input_ids"], single["attention_mask"], extractor.image_token_id)
+        vision, query = reference_positions(
+            single["input_ids"], single["attention_mask"], extractor.image_token_id
+        )
         assert batched.vision_token_pos[i] == vision[0]
         assert batched.query_token_pos[i] == query[0] == single["input_ids"].shape[1] - 1
         assert batched.seq_len[i] == single["input_ids"].shape[1]

@@ -48,7 +48,8 @@ class PartBuffer:
 
 
 def _float_for_storage(name: str, values: np.ndarray, dtype: str, ids: list[str]) -> np.ndarray:
-    stored = values.astype(dtype)
+    with np.errstate(over="ignore"):
+        stored = values.astype(dtype)
     if not np.isfinite(stored).all() and np.isfinite(values).all():
         bad = sorted({ids[i] for i in np.argwhere(~np.isfinite(stored))[:, 0]})
         raise OverflowError(
@@ -58,33 +59,37 @@ def _float_for_storage(name: str, values: np.ndarray, dtype: str, ids: list[str]
     return stored
 
 
+def _fill(f: h5py.File, buffer: PartBuffer, attrs: dict[str, Any], storage_dtype: str) -> None:
+    for key, value in attrs.items():
+        f.attrs[key] = value
+    f.attrs["n_samples"] = len(buffer.meta)
+    meta = f.create_group("meta")
+    for column in TEXT_COLUMNS:
+        meta.create_dataset(column, data=[str(m[column]) for m in buffer.meta], dtype=_text)
+    for column in INT_COLUMNS:
+        meta.create_dataset(column, data=np.array([m[column] for m in buffer.meta], dtype=np.int64))
+    ids = [m["sample_id"] for m in buffer.meta]
+    for name in ARRAYS if buffer.meta else ():
+        values = np.stack(buffer.arrays[name])
+        if name in REPRESENTATIONS:
+            values = _float_for_storage(name, values, storage_dtype, ids)
+        # One chunk holds one layer of up to ROWS_PER_CHUNK samples: reading a layer is a few big reads.
+        chunks = (min(len(values), ROWS_PER_CHUNK), *(1 for _ in values.shape[1:-1]), values.shape[-1])
+        f.create_dataset(name, data=values, chunks=chunks)
+    errors = f.create_group("errors")
+    for column in ERROR_COLUMNS:
+        errors.create_dataset(column, data=[e[column] for e in buffer.errors], dtype=_text)
+
+
 def write_part(path: Path, buffer: PartBuffer, attrs: dict[str, Any], storage_dtype: str) -> None:
     """Write buffer to `path` atomically: a reader sees the whole part or none of it."""
     temporary = path.with_name(path.name + ".tmp")
-    ids = [m["sample_id"] for m in buffer.meta]
-    with h5py.File(temporary, "w") as f:
-        for key, value in attrs.items():
-            f.attrs[key] = value
-        f.attrs["n_samples"] = len(buffer.meta)
-        meta = f.create_group("meta")
-        for column in TEXT_COLUMNS:
-            meta.create_dataset(column, data=[str(m[column]) for m in buffer.meta], dtype=_text)
-        for column in INT_COLUMNS:
-            meta.create_dataset(column, data=np.array([m[column] for m in buffer.meta], dtype=np.int64))
-        for name in ARRAYS:
-            if buffer.meta:
-                values = np.stack(buffer.arrays[name])
-                if values.dtype.kind == "f" and name in REPRESENTATIONS:
-                    values = _float_for_storage(name, values, storage_dtype, ids)
-                chunks = (
-                    min(len(values), ROWS_PER_CHUNK),
-                    *(1 for _ in values.shape[1:-1]),
-                    values.shape[-1],
-                )
-                f.create_dataset(name, data=values, chunks=chunks)
-        errors = f.create_group("errors")
-        for column in ERROR_COLUMNS:
-            errors.create_dataset(column, data=[e[column] for e in buffer.errors], dtype=_text)
+    try:
+        with h5py.File(temporary, "w") as f:
+            _fill(f, buffer, attrs, storage_dtype)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
 
 

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from halp.data.demo import generate_demo
+from halp.data.schema import COLUMNS
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    generate_demo(tmp_path / "a", n_images=6, seed=3)
+    generate_demo(tmp_path / "b", n_images=6, seed=3)
+    generate_demo(tmp_path / "c", n_images=6, seed=4)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert _files(tmp_path / "a") != _files(tmp_path / "c")
+
+
+def test_halp_schema_four_kinds_several_questions_per_image(tmp_path):
+    table = pd.read_csv(generate_demo(tmp_path, n_images=10, seed=0))
+    assert tuple(table.columns) == COLUMNS
+    assert set(table.category) == {"existence", "attribute", "spatial", "false_premise"}
+    assert table.question_id.str.fullmatch(r"question_comb_\d+").all()
+    assert table.question_id.is_unique
+    assert table.groupby("image_name").size().min() >= 4
+    assert all((tmp_path / "images" / name).is_file() for name in table.image_name)
+    false_premise = table[table.category == "false_premise"]
+    assert false_premise.gt_answer.str.startswith("No; there is no").all()
+    assert table.is_relational.any() and not table.is_relational.all()
+
+
+def test_answers_agree_with_the_scene(tmp_path):
+    table = pd.read_csv(generate_demo(tmp_path, n_images=10, seed=0))
+    for row in table[table.category == "existence"].itertuples():
+        thing = re.fullmatch(r"Is there an? (\w+ \w+) in the image\?", row.question).group(1)
+        assert (thing in row.description) == (row.gt_answer == "yes"), row

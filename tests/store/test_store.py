@@ -1,0 +1,127 @@
+"""Parts, reader and export on real HDF5 files."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from halp.store import open_embeddings
+from halp.store.export import export_per_question
+from halp.store.parts import PartBuffer, PartFolder, write_part
+
+LAYERS = [0, 5]
+H, D_VIS, K = 8, 4, 3
+
+
+def sample_row(i: int) -> tuple[dict, dict]:
+    rng = np.random.default_rng(i)
+    meta = {
+        "sample_id": f"q{i}",
+        "image_id": f"img{i % 3}.png",
+        "question": f"question {i}?",
+        "ground_truth": "yes",
+        "source": "demo",
+        "category": "existence",
+        "answer": f"answer {i}",
+        "vision_token_pos": 4,
+        "query_token_pos": 20 + i,
+        "seq_len": 21 + i,
+        "n_image_tokens": 12,
+        "n_generated_tokens": 3,
+    }
+    arrays = {
+        "vision_only": rng.normal(size=D_VIS).astype(np.float32),
+        "vision_token": rng.normal(size=(len(LAYERS), H)).astype(np.float32),
+        "query_token": rng.normal(size=(len(LAYERS), H)).astype(np.float32),
+        "first_token_logprobs": -rng.random(K).astype(np.float32),
+        "first_token_ids": rng.integers(0, 100, K),
+    }
+    return meta, arrays
+
+
+ATTRS = {"config_hash": "abc", "layers": LAYERS, "model_name": "m"}
+
+
+def write(folder, ids, errors=(), config_hash="abc", dtype="float32"):
+    buffer = PartBuffer()
+    for i in ids:
+        buffer.add(*sample_row(i))
+    for i in errors:
+        buffer.fail(f"q{i}", "load_image", "broken")
+    path = PartFolder(folder, config_hash).next_part()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_part(path, buffer, ATTRS | {"config_hash": config_hash}, dtype)
+    return path
+
+
+def test_reader_joins_parts_in_manifest_order(tmp_path):
+    write(tmp_path, [0, 1, 2])
+    write(tmp_path, [3, 4], errors=[5])
+    order = ["q4", "q0", "q5", "q3", "q1", "q2"]
+    PartFolder(tmp_path, "abc").write_manifest("m", order)
+    emb = open_embeddings(tmp_path)
+    assert list(emb.meta.sample_id) == ["q4", "q0", "q3", "q1", "q2"]
+    assert list(emb.errors.sample_id) == ["q5"]
+    expected = np.stack([sample_row(int(s[1:]))[1]["query_token"][1] for s in emb.meta.sample_id])
+    np.testing.assert_array_equal(emb.get("query_token", 5), expected)
+    assert emb.get("vision_only").shape == (5, D_VIS)
+    assert emb.meta.query_token_pos.tolist() == [24, 20, 23, 21, 22]
+    with pytest.raises(KeyError, match=r"layer 3 was not extracted; stored layers: \[0, 5\]"):
+        emb.get("vision_token", 3)
+
+
+def test_one_layer_is_one_chunked_read(tmp_path):
+    path = write(tmp_path, range(10))
+    with h5py.File(path) as f:
+        assert f["vision_token"].chunks == (10, 1, H)
+
+
+def test_prepare_drops_stale_parts_and_temp_files(tmp_path):
+    write(tmp_path, [0, 1])
+    write(tmp_path, [2], errors=[3], config_hash="old")
+    (tmp_path / "part-00009.h5.tmp").write_bytes(b"half written")
+    done = PartFolder(tmp_path, "abc").prepare()
+    assert done == {"q0", "q1"}
+    assert [p.name for p in tmp_path.iterdir()] == ["part-00000.h5"]
+
+
+def test_float16_storage_refuses_infinities(tmp_path):
+    buffer = PartBuffer()
+    meta, arrays = sample_row(0)
+    arrays["query_token"][0, 0] = 1e6  # beyond float16's 65504
+    buffer.add(meta, arrays)
+    with pytest.raises(OverflowError, match=r"\['q0'\] overflows float16.*storage_dtype: float32"):
+        write_part(tmp_path / "part-00000.h5", buffer, ATTRS, "float16")
+    assert list(tmp_path.iterdir()) == [], "a refused part leaves nothing behind"
+    small = PartBuffer()
+    small.add(*sample_row(1))
+    write_part(tmp_path / "part-00000.h5", small, ATTRS, "float16")
+    assert open_embeddings(tmp_path).get("query_token", 0).dtype == np.float16
+
+
+def test_mixed_configurations_are_refused(tmp_path):
+    write(tmp_path, [0])
+    write(tmp_path, [1], config_hash="other")
+    with pytest.raises(ValueError, match="mixes parts of 2 configurations"):
+        open_embeddings(tmp_path)
+
+
+def test_empty_folder_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="halp extract"):
+        open_embeddings(tmp_path)
+
+
+def test_per_question_export_has_the_seed_layout(tmp_path):
+    write(tmp_path / "emb", [0, 1])
+    out = export_per_question(open_embeddings(tmp_path / "emb"), tmp_path / "export.h5")
+    with h5py.File(out) as f:
+        assert sorted(f) == ["q0", "q1"]
+        group = f["q1"]
+        assert group["answer"][()].decode() == "answer 1"
+        assert group["ground_truth_answer"][()].decode() == "yes"
+        assert group["vision_only_representation"].shape == (D_VIS,)
+        assert sorted(group["vision_token_representation"]) == ["layer_0", "layer_5"]
+        np.testing.assert_array_equal(
+            group["query_token_representation/layer_5"][()], sample_row(1)[1]["query_token"][1]
+        )
