@@ -15,9 +15,9 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an accidental hub call fails at once instead of hanging
 
-from halp.config import ModelSettings  # noqa: E402
-from halp.models.loading import LoadedModel, load_model  # noqa: E402
-from halp.models.tiny import build_tiny  # noqa: E402
+from halp.config import ModelSettings
+from halp.models.loading import LoadedModel, load_model
+from halp.models.tiny import build_tiny
 
 QWEN_ARCHS = ["qwen2_vl", "qwen2_5_vl"]
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,8 @@ def test_repository_params_are_valid():
 def test_every_problem_is_listed_with_its_place(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(
-        "models:\n  m:\n    model: x\n    layers: [0, 1.5]\n    dtype: float8\n    batch_size: 0\n    colour: red\n"
+        "models:\n  m:\n    model: x\n    layers: [0, 1.5]\n"
+        "    dtype: float8\n    batch_size: 0\n    colour: red\n"
     )
     with pytest.raises(ConfigError) as err:
         load_params(path)

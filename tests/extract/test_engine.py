@@ -36,14 +36,14 @@ def reference_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, i
 
 
 def test_batch_really_mixes_image_sizes_and_padding(setup):
-    loaded, extractor, batch_inputs, batched, _ = setup
+    _loaded, _extractor, batch_inputs, batched, _ = setup
     assert len(set(batched.n_image_tokens.tolist())) > 1
     assert len(set(batched.seq_len.tolist())) > 1
     assert batch_inputs["attention_mask"][:, 0].min() == 0, "expected left padding in the batch"
 
 
 def test_positions_match_input_ids(setup):
-    loaded, extractor, batch_inputs, batched, singles = setup
+    _loaded, extractor, _batch_inputs, batched, singles = setup
     for i, single in enumerate(singles):
         vision, query = reference_positions(
             single["input_ids"], single["attention_mask"], extractor.image_token_id
@@ -59,7 +59,7 @@ def test_positions_match_input_ids(setup):
 def test_vt_qt_equal_plain_forward_hidden_states(setup):
     """Block k <-> hidden_states[k + 1]; the last block is stored before the final norm, so the final
     norm applied to it must give hidden_states[-1]."""
-    loaded, extractor, _, batched, singles = setup
+    loaded, _extractor, _, batched, singles = setup
     model = loaded.model
     final_norm = resolve(model, loaded.adapter.final_norm)
     n_blocks = loaded.n_blocks
