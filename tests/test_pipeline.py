@@ -1,0 +1,81 @@
+"""The DVC pipeline end to end, in a copy of the repository as a fresh clone has it."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from halp.store import open_embeddings
+from tests.conftest import copy_repo
+
+pytestmark = pytest.mark.slow
+MODELS = ("qwen2_vl", "qwen2_5_vl")
+
+
+def run(*cmd: str, cwd: Path) -> str:
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh copy of the repository (tracked files only, in a git repo of its own), after `dvc repro`."""
+    root = copy_repo(tmp_path_factory.mktemp("clone") / "halp")
+    run("git", "init", "-q", cwd=root)
+    run("git", "add", "-A", cwd=root)
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=root)
+    run("dvc", "repro", cwd=root)
+    return root
+
+
+def test_repro_builds_embeddings_and_metrics_for_every_model(repo):
+    for model in MODELS:
+        emb = open_embeddings(repo / "data/embeddings" / model)
+        assert len(emb.meta) == 64 and emb.errors.empty
+        assert emb.layers == [0, 2, 3]
+        summary = json.loads((repo / "metrics/summary" / f"{model}.json").read_text())
+        assert summary["n_samples"] == 64 and set(summary["layers"]) == {"0", "2", "3"}
+    shown = run("dvc", "metrics", "show", "--json", cwd=repo)
+    assert "metrics/summary/qwen2_5_vl.json" in shown
+
+
+def test_second_repro_does_nothing(repo):
+    out = run("dvc", "repro", cwd=repo)
+    assert "Running stage" not in out
+    assert "Data and pipelines are up to date." in out
+
+
+def test_push_clone_pull_gives_identical_embeddings(repo, tmp_path):
+    remote = tmp_path / "remote"
+    run("dvc", "remote", "add", "-d", "shared", str(remote), cwd=repo)
+    run("dvc", "push", cwd=repo)
+    run("git", "add", "-A", cwd=repo)
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock + remote", cwd=repo)
+    clone = tmp_path / "colleague"
+    run("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    run("dvc", "pull", "extract@qwen2_5_vl", cwd=clone)
+    ours, theirs = repo / "data/embeddings/qwen2_5_vl", clone / "data/embeddings/qwen2_5_vl"
+    names = sorted(p.name for p in ours.iterdir())
+    assert names == sorted(p.name for p in theirs.iterdir())
+    assert "part-00000.h5" in names
+    match, mismatch, errors = filecmp.cmpfiles(ours, theirs, names, shallow=False)
+    assert mismatch == [] and errors == []
+    assert not (clone / "data/embeddings/qwen2_vl").exists(), "pulling one model fetches only that model"
+
+
+def test_exp_run_on_one_models_layers_reruns_only_that_model(repo):
+    out = run("dvc", "exp", "run", "--temp", "-S", "models.qwen2_5_vl.layers=[0,-1]", cwd=repo)
+    assert "Running stage 'extract@qwen2_5_vl'" in out
+    assert "Running stage 'summarize@qwen2_5_vl'" in out
+    assert "extract@qwen2_vl'" not in out.replace("Stage 'extract@qwen2_vl' didn't change", "")
+    assert "Running stage 'build-tiny'" not in out and "Running stage 'sample'" not in out
+    shown = json.loads(run("dvc", "exp", "show", "--json", cwd=repo))
+    assert "[0, -1]" in json.dumps(shown) or "[0,-1]" in json.dumps(shown)
