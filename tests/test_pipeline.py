@@ -21,8 +21,9 @@ MODELS = ("qwen2_vl", "qwen2_5_vl")
 def run(*cmd: str, cwd: Path) -> str:
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{output[-6000:]}"
+    return output
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_push_clone_pull_gives_identical_embeddings(repo, tmp_path):
     names = sorted(p.name for p in ours.iterdir())
     assert names == sorted(p.name for p in theirs.iterdir())
     assert "part-00000.h5" in names
-    match, mismatch, errors = filecmp.cmpfiles(ours, theirs, names, shallow=False)
+    _, mismatch, errors = filecmp.cmpfiles(ours, theirs, names, shallow=False)
     assert mismatch == [] and errors == []
     assert not (clone / "data/embeddings/qwen2_vl").exists(), "pulling one model fetches only that model"
 

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)"
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler, help: str) -> argparse.ArgumentParser:
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(load_params(args.params), args)
     except (ConfigError, DatasetError, FileNotFoundError, ValueError, KeyError) as err:
+        if args.verbose:
+            raise
         print(f"halp {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ COLUMNS = (
 )
 REQUIRED = ("question_id", "image_name", "question", "gt_answer", "dataset", "is_relational")
 MAX_LISTED = 20
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -74,7 +76,10 @@ def read_dataset(
             f"{csv}: " + _problem_list("duplicate question_id", duplicated, "give every question a unique id")
         )
 
-    table = table[table.has_image.str.lower().isin(["true", "1", "yes"])].copy()
+    with_image = table.has_image.str.lower().isin(["true", "1", "yes"])
+    if not with_image.all():
+        log.info("%s: leaving out %d rows whose has_image is false", csv, int((~with_image).sum()))
+    table = table[with_image].copy()
     table["image_path"] = [str(images_dir / name) for name in table.image_name]
     table["is_relational"] = table.is_relational.str.lower().isin(["true", "1", "yes"])
     repaired = table.gt_answer.map(repair_ground_truth)

@@ -92,6 +92,8 @@ class Embeddings:
         layered = representation in REPRESENTATIONS[1:]
         if layered and layer not in self.layers:
             raise KeyError(f"layer {layer} was not extracted; stored layers: {self.layers}")
+        if self._rows.empty:
+            raise ValueError(f"{self.folder} holds no extracted samples, only errors: see .errors")
         chunks = []
         for i, part in enumerate(self.parts):
             rows = self._rows[self._rows._part == i]
