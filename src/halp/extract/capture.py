@@ -8,13 +8,13 @@ from typing import Any
 
 from torch import nn
 
-# (module output, call args, call kwargs) -> the small thing worth keeping
-Reducer = Callable[[Any, tuple, dict], Any]
+# module output -> the small thing worth keeping
+Reducer = Callable[[Any], Any]
 
 
 @contextmanager
 def capture_first_call(hooks: Mapping[str, tuple[nn.Module, Reducer]]) -> Iterator[dict[str, Any]]:
-    """Hook each named module; its first forward inside the block stores `reducer(output, args, kwargs)`.
+    """Hook each named module; its first forward inside the block stores `reducer(output)`.
 
     During `generate` the first call of every module is the prefill over the whole prompt, so the
     decode steps that follow are ignored. Hooks are removed on exit, also on error.
@@ -22,15 +22,14 @@ def capture_first_call(hooks: Mapping[str, tuple[nn.Module, Reducer]]) -> Iterat
     captured: dict[str, Any] = {}
 
     def make_hook(name: str, reducer: Reducer):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if name not in captured:
-                captured[name] = reducer(output, args, kwargs)
+                captured[name] = reducer(output)
 
         return hook
 
     handles = [
-        module.register_forward_hook(make_hook(name, reducer), with_kwargs=True)
-        for name, (module, reducer) in hooks.items()
+        module.register_forward_hook(make_hook(name, reducer)) for name, (module, reducer) in hooks.items()
     ]
     try:
         yield captured

@@ -81,7 +81,7 @@ class Extractor:
         rows = torch.arange(batch, device=ids.device)[:, None]
         wanted = torch.stack([vision_pos, query_pos], dim=1)  # [B, 2]
 
-        def keep_positions(output: Any, args: tuple, kwargs: dict) -> Tensor:
+        def keep_positions(output: Any) -> Tensor:
             hidden = output[0] if isinstance(output, tuple) else output  # [B, S, H]
             if hidden.shape[1] != prompt_len:
                 raise RuntimeError(
@@ -91,7 +91,7 @@ class Extractor:
 
         blocks = adapter.blocks(model)
         hooks = {str(k): (blocks[k], keep_positions) for k in self.layers}
-        hooks[VISION] = (adapter.vision_module(model), adapter.pool_vision)
+        hooks[VISION] = (adapter.vision_module(model), lambda output: adapter.pool_vision(output, inputs))
         with capture_first_call(hooks) as captured:
             out = model.generate(
                 **inputs,

@@ -14,8 +14,8 @@ from PIL.Image import Image
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, BatchFeature
 
-# (encoder output, call args, call kwargs) -> [n_images, D_vis], one pooled vector per image, in order.
-VisionPooler = Callable[[Any, tuple, dict], Tensor]
+# (encoder output, the batch's processor outputs) -> [B, D_vis], one pooled vector per sample, in order.
+VisionPooler = Callable[[Any, BatchFeature], Tensor]
 # processor outputs -> (args, kwargs) that call the vision encoder alone, as the model itself would.
 VisionCall = Callable[[BatchFeature], tuple[tuple, dict]]
 
@@ -55,7 +55,7 @@ class Adapter:
     def standalone_vision(self, model: nn.Module, inputs: BatchFeature) -> Tensor:
         """VF from a separate pass over the vision encoder: the seed scripts' way, kept as a reference."""
         args, kwargs = self.vision_call(inputs)
-        return self.pool_vision(self.vision_module(model)(*args, **kwargs), args, kwargs)
+        return self.pool_vision(self.vision_module(model)(*args, **kwargs), inputs)
 
     def image_token(self, model: nn.Module) -> int:
         return int(resolve(model.config, self.image_token_id))

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from transformers import BatchFeature
 
 from halp.models.adapter import Adapter
 
 
-def pool_patches_per_image(output, args: tuple, kwargs: dict) -> Tensor:
+def pool_patches_per_image(output, inputs: BatchFeature) -> Tensor:
     """Mean of each image's own patches. The tower concatenates all images' patches ([P_total, D_vis],
-    pre-merger); `grid_thw` says how many belong to each. Qwen2.5-VL permutes patches into windows,
-    but only within an image, and a mean does not depend on order."""
-    grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
-    sizes = grid.prod(dim=-1).tolist()
+    pre-merger); `image_grid_thw` says how many belong to each. Qwen2.5-VL permutes patches into
+    windows, but only within an image, and a mean does not depend on order."""
+    sizes = inputs["image_grid_thw"].prod(dim=-1).tolist()
     patches = output.last_hidden_state.float()
     return torch.stack([chunk.mean(dim=0) for chunk in patches.split(sizes)])
 
