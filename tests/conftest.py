@@ -20,13 +20,14 @@ from halp.models.loading import LoadedModel, load_model
 from halp.models.tiny import build_tiny
 
 QWEN_ARCHS = ["qwen2_vl", "qwen2_5_vl"]
+ARCHS = [*QWEN_ARCHS, "mllama", "phi4mm"]
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny")
-    for arch in QWEN_ARCHS:
+    for arch in ARCHS:
         build_tiny(arch, out, seed=0)
     return out
 
@@ -48,12 +49,12 @@ def random_image(height: int, width: int, seed: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-# Different sizes give different patch grids (so different image-token counts), and questions of
-# different lengths, so a batch needs real left padding.
+# Different sizes give different patch grids (Qwen), tile counts (Mllama: 1 and 2) and crop counts
+# (Phi-4: 2 and 3), and questions of different lengths, so a batch needs real left padding.
 MIXED = [
-    ((100, 90), "Is the red circle to the left of the blue square?"),
+    ((90, 90), "Is the red circle to the left of the blue square?"),
     ((60, 150), "What color?"),
-    ((200, 200), "Why is the purple triangle touching the green circle in this picture?"),
+    ((150, 450), "Why is the purple triangle touching the green circle in this picture?"),
 ]
 
 

@@ -8,14 +8,14 @@ import torch
 
 from halp.extract.engine import Extractor
 from halp.models.adapter import resolve
-from tests.conftest import QWEN_ARCHS
+from tests.conftest import ARCHS
 
 LAYERS = [0, 2, 3]  # first, middle and last block of the 4-block tiny models
 MAX_NEW = 6
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=QWEN_ARCHS)
+@pytest.fixture(scope="module", params=ARCHS)
 def setup(request, load_tiny, mixed_batch):
     loaded = load_tiny(request.param)
     extractor = Extractor(loaded, LAYERS, max_new_tokens=MAX_NEW, top_k=5)
@@ -37,7 +37,10 @@ def reference_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, i
 
 def test_batch_really_mixes_image_sizes_and_padding(setup):
     _loaded, _extractor, batch_inputs, batched, _ = setup
-    assert len(set(batched.n_image_tokens.tolist())) > 1
+    if "aspect_ratio_mask" in batch_inputs:  # Mllama: one image token, but 1 and 2 real tiles
+        assert len(set(batch_inputs["aspect_ratio_mask"].sum(dim=(1, 2)).tolist())) > 1
+    else:
+        assert len(set(batched.n_image_tokens.tolist())) > 1
     assert len(set(batched.seq_len.tolist())) > 1
     assert batch_inputs["attention_mask"][:, 0].min() == 0, "expected left padding in the batch"
 
@@ -89,18 +92,49 @@ def test_batched_equals_one_by_one(setup):
         assert batched.answers[i] == alone.answers[0]
 
 
+def qwen_vision_reference(model, single) -> torch.Tensor:
+    """Mean of the tower's per-patch output before the merger."""
+    patches = model.model.visual(single["pixel_values"], grid_thw=single["image_grid_thw"]).last_hidden_state
+    assert patches.shape[0] == int(single["image_grid_thw"].prod())  # pre-merger: one row per patch
+    return patches.mean(dim=0)
+
+
+def mllama_vision_reference(model, single) -> torch.Tensor:
+    """Mean over the patches (CLS left out) of the real tiles only, sliced by count."""
+    out = model.model.vision_model(
+        pixel_values=single["pixel_values"],
+        aspect_ratio_ids=single["aspect_ratio_ids"],
+        aspect_ratio_mask=single["aspect_ratio_mask"],
+    ).last_hidden_state  # [1, 1, max_tiles, 1 + patches, D]
+    n_real = int(single["aspect_ratio_mask"][0, 0].sum())
+    return out[0, 0, :n_real, 1:].reshape(-1, out.shape[-1]).mean(dim=0)
+
+
+def phi4mm_vision_reference(model, single) -> torch.Tensor:
+    """SigLIP hidden state at feature_layer, mean over real patches of the global crop and real sub-crops."""
+    encoder = model.model.embed_tokens_extend.image_embed.img_processor
+    n_crops = 1 + int((single["image_sizes"][0] // 448).prod())
+    pixels = single["image_pixel_values"][0, :n_crops]
+    mask = single["image_attention_mask"][0, :n_crops].bool()
+    hidden = encoder(pixels, patch_attention_mask=mask, output_hidden_states=True).hidden_states
+    return hidden[model.config.vision_config.feature_layer][mask.flatten(1)].mean(dim=0)
+
+
+VISION_REFERENCE = {
+    "Qwen2VLForConditionalGeneration": qwen_vision_reference,
+    "Qwen2_5_VLForConditionalGeneration": qwen_vision_reference,
+    "MllamaForConditionalGeneration": mllama_vision_reference,
+    "Phi4MultimodalForCausalLM": phi4mm_vision_reference,
+}
+
+
 @torch.inference_mode()
-def test_vision_only_is_pre_merger_mean_per_sample(setup):
+def test_vision_only_equals_a_separate_encoder_pass_per_sample(setup):
     loaded, _, _, batched, singles = setup
-    tower = loaded.model.model.visual  # the real module, named here independently of the adapter
+    reference = VISION_REFERENCE[type(loaded.model).__name__]
     for i, single in enumerate(singles):
-        out = tower(single["pixel_values"], grid_thw=single["image_grid_thw"])
-        patches = out.last_hidden_state
-        assert patches.shape[0] == int(single["image_grid_thw"].prod())  # pre-merger: one row per patch
-        np.testing.assert_allclose(batched.vision_only[i], patches.mean(dim=0).numpy(), atol=TOL, rtol=0)
-    assert batched.vision_only.shape[1] == loaded.model.config.vision_config.to_dict().get(
-        "embed_dim", loaded.model.config.vision_config.hidden_size
-    )
+        expected = reference(loaded.model, single).numpy()
+        np.testing.assert_allclose(batched.vision_only[i], expected, atol=TOL, rtol=0)
 
 
 @torch.inference_mode()

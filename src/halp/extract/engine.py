@@ -91,7 +91,10 @@ class Extractor:
 
         blocks = adapter.blocks(model)
         hooks = {str(k): (blocks[k], keep_positions) for k in self.layers}
-        hooks[VISION] = (adapter.vision_module(model), lambda output: adapter.pool_vision(output, inputs))
+        hooks[VISION] = (
+            adapter.vision_module(model),
+            lambda output: adapter.pool_vision(output, inputs, model.config),
+        )
         with capture_first_call(hooks) as captured:
             out = model.generate(
                 **inputs,

@@ -12,12 +12,14 @@ from typing import Any
 import transformers
 from PIL.Image import Image
 from torch import Tensor, nn
-from transformers import AutoModelForImageTextToText, BatchFeature
+from transformers import AutoModelForImageTextToText, BatchFeature, PretrainedConfig
 
-# (encoder output, the batch's processor outputs) -> [B, D_vis], one pooled vector per sample, in order.
-VisionPooler = Callable[[Any, BatchFeature], Tensor]
+# (encoder output, the batch's processor outputs, model config) -> [B, D_vis], one vector per sample.
+VisionPooler = Callable[[Any, BatchFeature, PretrainedConfig], Tensor]
 # processor outputs -> (args, kwargs) that call the vision encoder alone, as the model itself would.
 VisionCall = Callable[[BatchFeature], tuple[tuple, dict]]
+# (model, processor, source, revision) -> None: fixes applied right after loading.
+AfterLoad = Callable[[Any, Any, str, str | None], None]
 
 
 def resolve(root: Any, path: str) -> Any:
@@ -45,6 +47,8 @@ class Adapter:
     pool_vision: VisionPooler
     vision_call: VisionCall
     auto_class: type = AutoModelForImageTextToText
+    nest_images: bool = False  # the processor wants one list of images per prompt
+    after_load: AfterLoad | None = None
 
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
         return resolve(model, self.decoder_blocks)
@@ -55,7 +59,7 @@ class Adapter:
     def standalone_vision(self, model: nn.Module, inputs: BatchFeature) -> Tensor:
         """VF from a separate pass over the vision encoder: the seed scripts' way, kept as a reference."""
         args, kwargs = self.vision_call(inputs)
-        return self.pool_vision(self.vision_module(model)(*args, **kwargs), inputs)
+        return self.pool_vision(self.vision_module(model)(*args, **kwargs), inputs, model.config)
 
     def image_token(self, model: nn.Module) -> int:
         return int(resolve(model.config, self.image_token_id))
@@ -69,4 +73,5 @@ class Adapter:
             )
             for q in questions
         ]
-        return processor(text=texts, images=list(images), padding=True, return_tensors="pt")
+        batch_images = [[image] for image in images] if self.nest_images else list(images)
+        return processor(text=texts, images=batch_images, padding=True, return_tensors="pt")

@@ -89,5 +89,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     model = model.to(device).eval()
     processor = AutoProcessor.from_pretrained(source, revision=revision)
     processor.tokenizer.padding_side = "left"  # batched prompts must end at the same position
+    if adapter.after_load is not None:
+        adapter.after_load(model, processor, source, revision)
     log.info("loaded %s (%s) on %s, %s, attention=%s", source, config.model_type, device, dtype, attention)
     return LoadedModel(model, processor, adapter, config.model_type, device, dtype, attention)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from transformers import BatchFeature
+from transformers import BatchFeature, PretrainedConfig
 
 from halp.models.adapter import Adapter
 
 
-def pool_patches_per_image(output, inputs: BatchFeature) -> Tensor:
+def pool_patches_per_image(output, inputs: BatchFeature, config: PretrainedConfig) -> Tensor:
     """Mean of each image's own patches. The tower concatenates all images' patches ([P_total, D_vis],
     pre-merger); `image_grid_thw` says how many belong to each. Qwen2.5-VL permutes patches into
     windows, but only within an image, and a mean does not depend on order."""

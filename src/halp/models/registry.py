@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from halp.models.adapter import Adapter
+from halp.models.mllama import MLLAMA
+from halp.models.phi4mm import PHI4MM
 from halp.models.qwen_vl import QWEN_VL
 
 ADAPTERS: dict[str, Adapter] = {
     "qwen2_vl": QWEN_VL,
     "qwen2_5_vl": QWEN_VL,
+    "mllama": MLLAMA,
+    "phi4_multimodal": PHI4MM,
 }
 
 
