@@ -15,7 +15,7 @@ from halp.store import open_embeddings
 from tests.conftest import copy_repo
 
 pytestmark = pytest.mark.slow
-MODELS = ("qwen2_vl", "qwen2_5_vl")
+MODELS = ("qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm")
 
 
 def run(*cmd: str, cwd: Path) -> str:

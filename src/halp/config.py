@@ -32,7 +32,7 @@ class TinySettings(_Section):
 
     out_dir: Path = Path("models/tiny")
     seed: int = 0
-    archs: list[str] = ["qwen2_vl", "qwen2_5_vl"]
+    archs: list[str] = ["qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm"]
 
 
 class DataSettings(_Section):

@@ -3,32 +3,44 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from halp.config import ModelSettings
 from halp.models.loading import load_model, model_fingerprint
 from halp.models.tiny import build_tiny
-from tests.conftest import QWEN_ARCHS
+from tests.conftest import ARCHS
 
-EXPECTED_CLASSES = {
-    "qwen2_vl": "Qwen2VLForConditionalGeneration",
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+QWEN_PROMPT = (
+    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>\n<|im_start|>assistant\n"
+)
+# class, image placeholder token, the rendered prompt for an image and "hi"
+EXPECTED = {
+    "qwen2_vl": ("Qwen2VLForConditionalGeneration", "<|image_pad|>", QWEN_PROMPT),
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "<|image_pad|>", QWEN_PROMPT),
+    "mllama": (
+        "MllamaForConditionalGeneration",
+        "<|image|>",
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>hi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ),
+    "phi4mm": ("Phi4MultimodalForCausalLM", "<|image|>", "<|user|><|image|>hi<|end|><|assistant|>"),
 }
 
 
-@pytest.mark.parametrize("arch", QWEN_ARCHS)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_tiny_model_reloads_as_the_real_classes(tiny_dir, arch):
-    model = AutoModelForImageTextToText.from_pretrained(tiny_dir / arch)
-    processor = AutoProcessor.from_pretrained(tiny_dir / arch)
-    assert type(model).__name__ == EXPECTED_CLASSES[arch]
-    assert processor.tokenizer.padding_side == "left"
-    assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == model.config.image_token_id
-    text = processor.apply_chat_template(
+    """Loaded back through the same path as a real checkpoint (load_model: from_pretrained + adapter)."""
+    loaded = load_model(ModelSettings(model=str(tiny_dir / arch)))
+    class_name, image_token, prompt = EXPECTED[arch]
+    assert type(loaded.model).__name__ == class_name
+    assert loaded.processor.tokenizer.padding_side == "left"
+    assert loaded.processor.tokenizer.convert_tokens_to_ids(image_token) == loaded.adapter.image_token(
+        loaded.model
+    )
+    text = loaded.processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
         add_generation_prompt=True,
     )
-    assert text.startswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>")
-    assert text.endswith("<|im_start|>assistant\n")
+    assert text == prompt
 
 
 def test_same_seed_same_weights(tmp_path, tiny_dir):
@@ -53,6 +65,7 @@ def test_unknown_model_source_is_a_clear_error(tmp_path):
 def test_unsupported_architecture_lists_the_supported(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(
-        ValueError, match=r"'llama' model, which halp has no adapter for.*qwen2_5_vl, qwen2_vl"
+        ValueError,
+        match=r"'llama' model, which halp has no adapter for.*mllama, phi4_multimodal, qwen2_5_vl, qwen2_vl",
     ):
         load_model(ModelSettings(model=str(tmp_path)))
