@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an accidental hub call fails at 
 
 from halp.config import ModelSettings
 from halp.models.loading import LoadedModel, load_model
-from halp.models.tiny import build_tiny
+from halp.models.synthetic import build_synthetic
 
 QWEN_ARCHS = ["qwen2_vl", "qwen2_5_vl"]
 ARCHS = [*QWEN_ARCHS, "mllama", "phi4mm"]
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny")
     for arch in ARCHS:
-        build_tiny(arch, out, seed=0)
+        build_synthetic(arch, out, seed=0)
     return out
 
 

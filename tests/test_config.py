@@ -7,7 +7,7 @@ from halp.config import ConfigError, load_params
 
 def test_repository_params_are_valid():
     params = load_params()
-    assert set(params.models) == {"qwen2_vl", "qwen2_5_vl"}
+    assert set(params.models) == {"qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm"}
 
 
 def test_every_problem_is_listed_with_its_place(tmp_path):

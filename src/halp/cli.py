@@ -20,10 +20,11 @@ def _prepare_data(params: Params, args: argparse.Namespace) -> None:
 
 
 def _build_tiny(params: Params, args: argparse.Namespace) -> None:
-    from halp.models.tiny import build_tiny
+    from halp.models.synthetic import build_synthetic
 
-    for arch in params.tiny.archs:
-        build_tiny(arch, params.tiny.out_dir, params.tiny.seed)
+    out_dir = args.out or (params.tiny.out_dir if args.size == "tiny" else Path("models/full"))
+    for arch in args.arch or params.tiny.archs:
+        build_synthetic(arch, out_dir, params.tiny.seed, size=args.size)
 
 
 def _sample(params: Params, args: argparse.Namespace) -> None:
@@ -79,9 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     command("prepare-data", _prepare_data, "generate the demo dataset (params: demo)")
-    command(
-        "build-tiny", _build_tiny, "build tiny random-init models of the real architectures (params: tiny)"
+    build = command(
+        "build-tiny", _build_tiny, "build random-init models of the real architectures (params: tiny)"
     )
+    build.add_argument(
+        "--size", choices=["tiny", "full"], default="tiny", help="full: the real checkpoints' sizes"
+    )
+    build.add_argument("--arch", action="append", help="only this architecture (repeatable)")
+    build.add_argument("--out", type=Path, help="output folder (default: tiny.out_dir, or models/full)")
     command("sample", _sample, "validate the dataset CSV and draw the sample (params: data)")
     for name, handler, text in (
         ("extract", _extract, "extract representations and answers for one model"),

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from halp.config import ModelSettings
 from halp.models.loading import load_model, model_fingerprint
-from halp.models.tiny import build_tiny
+from halp.models.synthetic import build_synthetic
 from tests.conftest import ARCHS
 
 QWEN_PROMPT = (
@@ -44,8 +44,8 @@ def test_tiny_model_reloads_as_the_real_classes(tiny_dir, arch):
 
 
 def test_same_seed_same_weights(tmp_path, tiny_dir):
-    build_tiny("qwen2_5_vl", tmp_path / "again", seed=0)
-    build_tiny("qwen2_5_vl", tmp_path / "other", seed=1)
+    build_synthetic("qwen2_5_vl", tmp_path / "again", seed=0)
+    build_synthetic("qwen2_5_vl", tmp_path / "other", seed=1)
     ref = load_file(tiny_dir / "qwen2_5_vl" / "model.safetensors")
     same = load_file(tmp_path / "again" / "qwen2_5_vl" / "model.safetensors")
     other = load_file(tmp_path / "other" / "qwen2_5_vl" / "model.safetensors")

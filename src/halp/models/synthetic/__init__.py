@@ -1,0 +1,55 @@
+"""Randomly initialised models of the real architectures, saved and loaded like real checkpoints.
+
+"tiny" models run the tests and the default pipeline on a CPU; "full" ones have the real checkpoints'
+architecture numbers, for GPU benchmarks (the hub, and so real weights, are out of reach here).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, ProcessorMixin
+
+from halp.models.synthetic.mllama import build_mllama
+from halp.models.synthetic.phi4mm import build_phi4mm, save_vision_lora
+from halp.models.synthetic.qwen_vl import build_qwen
+
+log = logging.getLogger(__name__)
+SIZES = ("tiny", "full")
+
+BUILDERS: dict[str, Callable[[str], tuple[PreTrainedModel, ProcessorMixin]]] = {
+    "qwen2_vl": partial(build_qwen, "qwen2_vl"),
+    "qwen2_5_vl": partial(build_qwen, "qwen2_5_vl"),
+    "mllama": build_mllama,
+    "phi4mm": build_phi4mm,
+}
+# Checkpoint parts that are not the model's own weights, written after them (they may wrap the model).
+EXTRAS: dict[str, Callable[[PreTrainedModel, Path, str], None]] = {"phi4mm": save_vision_lora}
+
+
+def instantiate(arch: str, size: str = "tiny") -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Model and processor in memory; the caller seeds torch (and may pick a device context)."""
+    if arch not in BUILDERS:
+        raise ValueError(f"no synthetic builder for {arch!r}; known: {', '.join(sorted(BUILDERS))}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, not {size!r}")
+    return BUILDERS[arch](size)
+
+
+def build_synthetic(arch: str, out_dir: Path, seed: int, size: str = "tiny") -> Path:
+    """Build one model with a seeded init and save model + processor to out_dir/arch."""
+    torch.manual_seed(seed)
+    model, processor = instantiate(arch, size)
+    folder = out_dir / arch
+    shutil.rmtree(folder, ignore_errors=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    if arch in EXTRAS:
+        EXTRAS[arch](model, folder, size)
+    log.info("%s %s: %d parameters -> %s", size, arch, sum(p.numel() for p in model.parameters()), folder)
+    return folder
