@@ -12,7 +12,7 @@ from transformers import (
     ProcessorMixin,
 )
 
-from halp.models.synthetic.tokenizer import train_tokenizer
+from halp.models.synthetic.common import TINY_DECODER, token_settings, train_tokenizer
 
 SPECIALS = [
     "<unk>",
@@ -36,14 +36,9 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 TEXT = {
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    "tiny": TINY_DECODER
+    | dict(
         cross_attention_layers=[1],
-        max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     ),
     "full": dict(  # meta-llama/Llama-3.2-11B-Vision-Instruct
@@ -110,15 +105,7 @@ def build_mllama(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
-    text = (
-        dict(
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        | TEXT[size]
-    )
+    text = token_settings(tokenizer, bos="<|begin_of_text|>", eos="<|eot_id|>") | TEXT[size]
     config = MllamaConfig(
         vision_config=vision,
         text_config=text,

@@ -16,7 +16,7 @@ from transformers import (
     ProcessorMixin,
 )
 
-from halp.models.synthetic.tokenizer import train_tokenizer
+from halp.models.synthetic.common import TINY_DECODER, token_settings, train_tokenizer
 
 SPECIALS = [
     "<unk>",
@@ -40,13 +40,8 @@ LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # the real v
 ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 
 TEXT = {
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
+    "tiny": TINY_DECODER
+    | dict(
         original_max_position_embeddings=4096,
         rope_parameters=ROPE | {"partial_rotary_factor": 1.0},
     ),
@@ -108,15 +103,7 @@ def build_phi4mm(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
-    text = (
-        dict(
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=[tokenizer.convert_tokens_to_ids("<|end|>"), tokenizer.eos_token_id],
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        | TEXT[size]
-    )
+    text = token_settings(tokenizer, bos="<|endoftext|>", eos=["<|end|>", "<|endoftext|>"]) | TEXT[size]
     config = Phi4MultimodalConfig(
         **text,
         vision_config=VISION[size]

@@ -19,7 +19,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from halp.models.synthetic.tokenizer import train_tokenizer
+from halp.models.synthetic.common import TINY_DECODER, token_settings, train_tokenizer
 
 SPECIALS = [
     "<unk>",
@@ -43,13 +43,8 @@ CHAT_TEMPLATE = (
 TOKEN = 28 * 28  # pixels per image token after the 2x2 merge of 14-pixel patches
 
 TEXT = {
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
+    "tiny": TINY_DECODER
+    | dict(
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
     ),
     "full": dict(  # identical for both 7B checkpoints
@@ -103,15 +98,7 @@ def build_qwen(arch: str, size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     """arch is "qwen2_vl" or "qwen2_5_vl"; the caller seeds torch."""
     tokenizer = train_tokenizer(SPECIALS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     config_class, model_class, processor_class = CLASSES[arch]
-    text = (
-        dict(
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        | TEXT[size]
-    )
+    text = token_settings(tokenizer, bos="<|endoftext|>", eos="<|im_end|>") | TEXT[size]
     config = config_class(
         text_config=text,
         vision_config=SHARED_VISION | VISION[arch, size],

@@ -1,4 +1,4 @@
-"""A small byte-level BPE tokenizer trained here, so tiny models need nothing from the hub."""
+"""What every synthetic builder shares: a locally trained tokenizer and the tiny decoder's shape."""
 
 from __future__ import annotations
 
@@ -40,3 +40,25 @@ def train_tokenizer(specials: list[str], vocab_size: int = 512, **kwargs) -> Pre
     )
     tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
     return tokenizer
+
+
+# The tiny language model of every architecture: 4 blocks, so [0, 0.5, 1.0] are three distinct layers.
+TINY_DECODER = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
+
+
+def token_settings(tokenizer: PreTrainedTokenizerFast, bos: str, eos: str | list[str]) -> dict:
+    """The text config's vocabulary size and special ids, taken from the tokenizer itself."""
+    eos_ids = tokenizer.convert_tokens_to_ids(eos)
+    return dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.convert_tokens_to_ids(bos),
+        eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
