@@ -39,6 +39,12 @@ def _extract(params: Params, args: argparse.Namespace) -> None:
     extract(params, args.model)
 
 
+def _label(params: Params, args: argparse.Namespace) -> None:
+    from halp.label.run import label_model
+
+    label_model(params, args.model)
+
+
 def _summarize(params: Params, args: argparse.Namespace) -> None:
     from halp.report.summary import write_summary
     from halp.store import open_embeddings
@@ -92,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, text in (
         ("extract", _extract, "extract representations and answers for one model"),
         ("summarize", _summarize, "write metrics/summary/<model>.json"),
+        ("label", _label, "judge every extracted answer: hallucinated or not (params: label)"),
     ):
         command(name, handler, text).add_argument(
             "--model", required=True, help="a key of params.yaml's models"

@@ -86,6 +86,26 @@ class ExtractSettings(_Section):
     top_k: int = Field(5, ge=1)
 
 
+class LLMJudgeSettings(_Section):
+    url: str = "http://localhost:8000/v1"
+    model: str = "judge"
+    api_key_env: str = "OPENAI_API_KEY"
+    prompt: str = (
+        "Question: {question}\nReference answer: {ground_truth}\nModel answer: {answer}\n"
+        "Does the model answer contradict the reference or assert something the image does not show? "
+        "Reply with one word first: HALLUCINATED or CORRECT."
+    )
+
+
+class LabelSettings(_Section):
+    judge: Literal["rules", "ratio", "llm"] = "rules"
+    ratio_threshold: float = Field(0.5, ge=0, le=1)
+    overrides: Path | None = Field(None, description="reviewed CSV (question_id, label) applied last")
+    llm: LLMJudgeSettings = LLMJudgeSettings()
+    out_dir: Path = Path("data/labels")
+    metrics_dir: Path = Path("metrics/labels")
+
+
 class SummarySettings(_Section):
     out_dir: Path = Path("metrics/summary")
 
@@ -97,6 +117,7 @@ class Params(_Section):
     extract: ExtractSettings = ExtractSettings()
     models: dict[str, ModelSettings]
     summary: SummarySettings = SummarySettings()
+    label: LabelSettings = LabelSettings()
 
     def model(self, name: str) -> ModelSettings:
         """The settings of one configured model, or an error naming the ones that exist."""

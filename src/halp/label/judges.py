@@ -1,0 +1,106 @@
+"""Judges decide whether an answer is hallucinated; each says why, so labels can be reviewed."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from typing import Protocol
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_NON_WORD = re.compile(r"[^\w\s]")
+# Cues that an answer denies something ("no", "not", "isn't", "there is no ...").
+_NEGATION = re.compile(
+    r"\b(no|not|none|nothing|never|neither|nor|cannot|can't|isn't|aren't|doesn't|don't|didn't|"
+    r"wasn't|weren't|without|absent|unable)\b|n't\b"
+)
+_AFFIRMATION = re.compile(r"^(yes|yeah|yep|correct|true|indeed|certainly|sure)\b")
+_DENIAL = re.compile(r"^(no|nope|false|incorrect|not)\b")
+
+
+def normalise(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces."""
+    text = _ARTICLES.sub(" ", _NON_WORD.sub(" ", text.lower().replace("’", "'")))
+    return " ".join(text.split())
+
+
+def polarity(answer: str) -> str | None:
+    """ "yes", "no" or None: a leading yes/no wins; otherwise a negation anywhere means no."""
+    text = answer.lower().replace("’", "'").strip()
+    if _AFFIRMATION.match(text):
+        return "yes"
+    if _DENIAL.match(text):
+        return "no"
+    if not normalise(text):
+        return None
+    return "no" if _NEGATION.search(text) else "yes"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    hallucinated: bool
+    reason: str
+
+
+class Judge(Protocol):
+    def __call__(self, question: str, answer: str, ground_truth: str, category: str) -> Verdict: ...
+
+
+class RulesJudge:
+    """Yes/no questions by the answer's polarity; false premises by whether the answer rejects the
+    premise; other short answers by a normalised match of the ground truth inside the answer."""
+
+    def __call__(self, question: str, answer: str, ground_truth: str, category: str) -> Verdict:
+        truth = normalise(ground_truth)
+        if category == "false_premise" or ground_truth.lower().startswith("no;"):
+            rejects = polarity(answer) == "no"
+            return Verdict(
+                not rejects, "rejects the false premise" if rejects else "accepts the false premise"
+            )
+        if truth in ("yes", "no"):
+            said = polarity(answer)
+            if said is None:
+                return Verdict(True, "takes no yes/no position")
+            return Verdict(said != truth, f"says {said}, truth is {truth}")
+        found = bool(truth) and f" {truth} " in f" {normalise(answer)} "
+        return Verdict(not found, "ground truth in answer" if found else "ground truth not in answer")
+
+
+@dataclass(frozen=True)
+class RatioJudge:
+    """HALP's release: hallucinated when difflib's similarity of answer and truth is below a threshold."""
+
+    threshold: float = 0.5
+
+    def __call__(self, question: str, answer: str, ground_truth: str, category: str) -> Verdict:
+        ratio = SequenceMatcher(None, answer, ground_truth).ratio()
+        return Verdict(ratio < self.threshold, f"similarity {ratio:.2f} vs threshold {self.threshold}")
+
+
+@dataclass(frozen=True)
+class LLMJudge:
+    """An OpenAI-compatible chat endpoint asked to reply HALLUCINATED or CORRECT."""
+
+    url: str
+    model: str
+    prompt: str
+    api_key: str = ""
+    timeout_s: float = 60.0
+
+    def __call__(self, question: str, answer: str, ground_truth: str, category: str) -> Verdict:
+        content = self.prompt.format(question=question, answer=answer, ground_truth=ground_truth)
+        body = {"model": self.model, "temperature": 0, "messages": [{"role": "user", "content": content}]}
+        request = urllib.request.Request(
+            self.url.rstrip("/") + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}
+            | ({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            reply = json.load(response)["choices"][0]["message"]["content"].strip()
+        word = reply.upper().split()[0].strip(".:,") if reply else ""
+        if word not in ("HALLUCINATED", "CORRECT"):
+            raise ValueError(f"LLM judge replied {reply[:80]!r}; expected HALLUCINATED or CORRECT first")
+        return Verdict(word == "HALLUCINATED", f"llm: {reply[:200]}")

@@ -1,0 +1,97 @@
+"""`halp label`: one verdict per extracted answer, manual overrides last, hallucination rates as metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from halp.config import LabelSettings, Params
+from halp.label.judges import Judge, LLMJudge, RatioJudge, RulesJudge
+from halp.store import open_embeddings
+
+log = logging.getLogger(__name__)
+TRUE_WORDS = {"1", "true", "yes", "hallucinated"}
+FALSE_WORDS = {"0", "false", "no", "correct"}
+
+
+def make_judge(settings: LabelSettings) -> Judge:
+    if settings.judge == "ratio":
+        return RatioJudge(settings.ratio_threshold)
+    if settings.judge == "llm":
+        llm = settings.llm
+        return LLMJudge(llm.url, llm.model, llm.prompt, os.environ.get(llm.api_key_env, ""))
+    return RulesJudge()
+
+
+def read_overrides(path: Path) -> pd.Series:
+    """question_id -> hallucinated (bool) from a reviewed CSV with columns question_id, label."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"question_id", "label"} - set(table.columns)
+    if missing:
+        raise ValueError(
+            f"overrides CSV {path} lacks column(s) {sorted(missing)}; it needs question_id, label"
+        )
+    words = table.label.str.strip().str.lower()
+    bad = table[~words.isin(TRUE_WORDS | FALSE_WORDS)]
+    if len(bad):
+        rows = ", ".join(f"line {i + 2} ({v!r})" for i, v in bad.label.head(10).items())
+        raise ValueError(f"overrides CSV {path}: labels must be 1/0, true/false or yes/no; bad: {rows}")
+    return pd.Series(words.isin(TRUE_WORDS).to_numpy(), index=table.question_id)
+
+
+def label_answers(
+    meta: pd.DataFrame, judge: Judge, judge_name: str, overrides: pd.Series | None
+) -> pd.DataFrame:
+    verdicts = [judge(r.question, r.answer, r.ground_truth, r.category) for r in meta.itertuples()]
+    labels = pd.DataFrame(
+        {
+            "sample_id": meta.sample_id,
+            "image_id": meta.image_id,
+            "category": meta.category,
+            "hallucinated": [v.hallucinated for v in verdicts],
+            "judge": judge_name,
+            "reason": [v.reason for v in verdicts],
+        }
+    )
+    if overrides is not None:
+        unknown = sorted(set(overrides.index) - set(labels.sample_id))
+        if unknown:
+            log.warning("%d overrides name samples not extracted here, e.g. %s", len(unknown), unknown[:3])
+        hit = labels.sample_id.isin(overrides.index)
+        labels.loc[hit, "hallucinated"] = overrides[labels.sample_id[hit]].to_numpy()
+        labels.loc[hit, ["judge", "reason"]] = ["manual", "manual override"]
+    return labels
+
+
+def rates(labels: pd.DataFrame) -> dict:
+    return {
+        "n_samples": len(labels),
+        "n_hallucinated": int(labels.hallucinated.sum()),
+        "hallucination_rate": float(labels.hallucinated.mean()) if len(labels) else 0.0,
+        "per_category": {
+            category: {"n_samples": len(group), "hallucination_rate": float(group.hallucinated.mean())}
+            for category, group in labels.groupby("category")
+        },
+    }
+
+
+def label_model(params: Params, model_name: str) -> Path:
+    params.model(model_name)
+    settings = params.label
+    meta = open_embeddings(params.extract.out_dir / model_name).meta
+    overrides = read_overrides(settings.overrides) if settings.overrides else None
+    labels = label_answers(meta, make_judge(settings), settings.judge, overrides)
+    out = settings.out_dir / f"{model_name}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels.to_csv(out, index=False, lineterminator="\n")
+    metrics = settings.metrics_dir / f"{model_name}.json"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(rates(labels), indent=2) + "\n")
+    log.info(
+        "%s: %d of %d answers hallucinated -> %s", model_name, labels.hallucinated.sum(), len(labels), out
+    )
+    return out

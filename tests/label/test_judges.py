@@ -1,0 +1,130 @@
+"""Judges on real-looking answers, and the label stage's overrides and metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pandas as pd
+import pytest
+
+from halp.data.schema import repair_ground_truth
+from halp.label.judges import LLMJudge, RatioJudge, RulesJudge, polarity
+from halp.label.run import label_answers, rates, read_overrides
+
+CASES = [
+    # (question, answer, ground truth, category, hallucinated)
+    ("Is there a red circle?", "Yes, there is a red circle in the top left.", "yes", "existence", False),
+    ("Is there a red circle?", "No, I don't see any red circle.", "yes", "existence", True),
+    ("Is there a purple square?", "There is no purple square in the image.", "no", "existence", False),
+    ("Is there a purple square?", "There's a purple square next to the circle.", "no", "existence", True),
+    ("Is the dog on the sofa?", "The dog isn't on the sofa; it lies on the floor.", "no", "spatial", False),
+    ("Is the cup left of the plate?", "It is not possible to tell.", "yes", "spatial", True),
+    ("Is there direct contact?", "Yes, they touch.", "n, o", "relation", True),
+    ("Is there direct contact?", "No.", "n, o", "relation", False),
+    ("What color is the car?", "The car is red.", "red", "attribute", False),
+    ("What color is the car?", "It looks dark red-ish, like a redwood.", "blue", "attribute", True),
+    (
+        "Is the forest lit by a full moon making the mushrooms glow?",
+        "The image does not show a full moon, so it cannot be determined.",
+        "No; The forest isn't brightened by full moonlight",
+        "false_premise",
+        False,
+    ),
+    (
+        "Why is the purple triangle touching the green circle?",
+        "The purple triangle touches the green circle because they are close together.",
+        "No; there is no purple triangle in the image",
+        "false_premise",
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(("question", "answer", "truth", "category", "hallucinated"), CASES)
+def test_rules_judge(question, answer, truth, category, hallucinated):
+    truth, _ = repair_ground_truth(truth)
+    verdict = RulesJudge()(question, answer, truth, category)
+    assert verdict.hallucinated == hallucinated, verdict.reason
+    assert verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        ("Yes.", "yes"),
+        ("No", "no"),
+        ("Nope, none.", "no"),
+        ("I can't see one", "no"),
+        ("It is there", "yes"),
+        ("", None),
+    ],
+)
+def test_polarity(answer, said):
+    assert polarity(answer) == said
+
+
+def test_ratio_judge_reproduces_halp():
+    judge = RatioJudge(0.5)
+    assert not judge("q", "a red car", "a red car.", "c").hallucinated
+    assert judge("q", "The image shows a forest at night.", "No", "c").hallucinated
+
+
+def test_overrides_apply_last_and_are_validated(tmp_path):
+    meta = pd.DataFrame(
+        {
+            "sample_id": ["q1", "q2"],
+            "image_id": ["a", "b"],
+            "question": ["Is it red?", "Is it red?"],
+            "answer": ["Yes", "Yes"],
+            "ground_truth": ["yes", "no"],
+            "category": ["attribute", "attribute"],
+        }
+    )
+    path = tmp_path / "overrides.csv"
+    path.write_text("question_id,label\nq1,1\nq9,0\n")
+    labels = label_answers(meta, RulesJudge(), "rules", read_overrides(path))
+    assert labels.hallucinated.tolist() == [True, True]
+    assert labels.judge.tolist() == ["manual", "rules"]
+    assert rates(labels)["hallucination_rate"] == 1.0
+    path.write_text("question_id,label\nq1,maybe\n")
+    with pytest.raises(ValueError, match=r"line 2 \('maybe'\)"):
+        read_overrides(path)
+    path.write_text("id,label\nq1,1\n")
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['question_id'\]"):
+        read_overrides(path)
+
+
+def test_llm_judge_talks_to_an_openai_compatible_endpoint():
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, body))
+            reply = (
+                "HALLUCINATED: no such object" if "triangle" in body["messages"][0]["content"] else "CORRECT"
+            )
+            payload = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        judge = LLMJudge(
+            f"http://127.0.0.1:{server.server_port}/v1", "m", "{question}|{answer}|{ground_truth}"
+        )
+        assert judge("Why the triangle?", "Because.", "No; none", "false_premise").hallucinated
+        assert not judge("Is it red?", "Yes", "yes", "attribute").hallucinated
+    finally:
+        server.shutdown()
+    assert seen[0][0] == "/v1/chat/completions"
+    assert seen[0][1]["model"] == "m" and seen[0][1]["temperature"] == 0
