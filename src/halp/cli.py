@@ -45,6 +45,12 @@ def _label(params: Params, args: argparse.Namespace) -> None:
     label_model(params, args.model)
 
 
+def _probe(params: Params, args: argparse.Namespace) -> None:
+    from halp.probe.run import probe_model
+
+    log.info("probes -> %s", probe_model(params, args.model, args.control))
+
+
 def _summarize(params: Params, args: argparse.Namespace) -> None:
     from halp.report.summary import write_summary
     from halp.store import open_embeddings
@@ -103,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         command(name, handler, text).add_argument(
             "--model", required=True, help="a key of params.yaml's models"
         )
+    probe = command("probe", _probe, "train probes per (representation, layer) (params: probe)")
+    probe.add_argument("--model", required=True)
+    probe.add_argument(
+        "--control", choices=["shuffled"], help="shuffled: permute training labels (sanity check)"
+    )
     export = command("export", _export, "export embeddings in another layout")
     export.add_argument("--model", required=True)
     export.add_argument("--layout", choices=["per-question"], default="per-question")

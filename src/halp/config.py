@@ -106,6 +106,13 @@ class LabelSettings(_Section):
     metrics_dir: Path = Path("metrics/labels")
 
 
+class ProbeSettings(_Section):
+    seeds: int = Field(5, ge=1, description="grouped splits, one per seed")
+    probes: list[Literal["mlp", "logistic"]] = ["mlp", "logistic"]
+    bootstrap: int = Field(200, ge=0, description="test-set resamples per seed for the AUROC interval")
+    out_dir: Path = Path("metrics/probes")
+
+
 class SummarySettings(_Section):
     out_dir: Path = Path("metrics/summary")
 
@@ -118,6 +125,7 @@ class Params(_Section):
     models: dict[str, ModelSettings]
     summary: SummarySettings = SummarySettings()
     label: LabelSettings = LabelSettings()
+    probe: ProbeSettings = ProbeSettings()
 
     def model(self, name: str) -> ModelSettings:
         """The settings of one configured model, or an error naming the ones that exist."""

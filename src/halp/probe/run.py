@@ -1,0 +1,116 @@
+"""`halp probe`: for every (representation, layer), how well do probes predict hallucination?"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from halp.config import Params, ProbeSettings
+from halp.probe.classifiers import PROBES, standardise
+from halp.probe.metrics import aggregate, bootstrap_auroc, evaluate
+from halp.probe.splits import DegenerateLabels, check_labels, grouped_split
+from halp.store import Embeddings, open_embeddings
+
+log = logging.getLogger(__name__)
+
+
+def representations(emb: Embeddings) -> Iterator[tuple[str, int | None, np.ndarray]]:
+    yield "vision_only", None, emb.get("vision_only")
+    for rep in ("vision_token", "query_token"):
+        for layer in emb.layers:
+            yield rep, layer, emb.get(rep, layer)
+
+
+def output_baselines(emb: Embeddings) -> dict[str, np.ndarray]:
+    """Scores from the first generated token alone (higher = more likely hallucinated)."""
+    logprobs = emb.get("first_token_logprobs").astype(np.float64)  # [N, k], sorted descending
+    top = np.exp(logprobs)
+    renormalised = top / top.sum(axis=1, keepdims=True)
+    return {
+        "first_token_max_prob": -top[:, 0],
+        "first_token_entropy": -(renormalised * np.log(renormalised)).sum(axis=1),
+    }
+
+
+def load_labelled(params: Params, model_name: str) -> tuple[Embeddings, np.ndarray, np.ndarray]:
+    emb = open_embeddings(params.extract.out_dir / model_name)
+    labels_path = params.label.out_dir / f"{model_name}.csv"
+    if not labels_path.is_file():
+        raise FileNotFoundError(f"{labels_path} not found: run `halp label --model {model_name}` first")
+    labels = pd.read_csv(labels_path, dtype={"sample_id": str}).set_index("sample_id")
+    missing = set(emb.meta.sample_id) - set(labels.index)
+    if missing:
+        raise ValueError(
+            f"{len(missing)} extracted samples have no label in {labels_path}; rerun `halp label`"
+        )
+    y = labels.loc[emb.meta.sample_id, "hallucinated"].astype(bool).to_numpy().astype(np.int64)
+    return emb, y, emb.meta.image_id.to_numpy()
+
+
+def _probe_all(emb: Embeddings, y, groups, settings: ProbeSettings, control: str | None) -> tuple[list, dict]:
+    splits = []
+    for seed in range(settings.seeds):
+        train, val, test = grouped_split(y, groups, seed)
+        y_train = np.random.default_rng(seed).permutation(y[train]) if control == "shuffled" else y[train]
+        splits.append((seed, train, val, test, y_train))
+    rows = []
+    for rep, layer, x in representations(emb):
+        for probe in settings.probes:
+            per_seed, boots = [], []
+            for seed, train, val, test, y_train in splits:
+                x_train, x_val, x_test = standardise(x[train], x[val], x[test])
+                predict = PROBES[probe](x_train, y_train, x_val, y[val], seed)
+                per_seed.append(evaluate(y[val], predict(x_val), y[test], s_test := predict(x_test)))
+                boots.append(bootstrap_auroc(y[test], s_test, settings.bootstrap, seed))
+            rows.append({"representation": rep, "layer": layer, "probe": probe} | aggregate(per_seed, boots))
+            log.info("%s layer %s %s: AUROC %.3f", rep, layer, probe, rows[-1]["auroc_mean"])
+    baselines = {}
+    for name, scores in output_baselines(emb).items():
+        per_seed = [evaluate(y[val], scores[val], y[test], scores[test]) for _, _, val, test, _ in splits]
+        boots = [bootstrap_auroc(y[test], scores[test], settings.bootstrap, s) for s, _, _, test, _ in splits]
+        baselines[name] = aggregate(per_seed, boots)
+    return rows, baselines
+
+
+def probe_model(params: Params, model_name: str, control: str | None = None) -> Path:
+    params.model(model_name)
+    settings = params.probe
+    emb, y, groups = load_labelled(params, model_name)
+    report: dict = {
+        "model": model_name,
+        "control": control or "none",
+        "n_samples": len(y),
+        "n_hallucinated": int(y.sum()),
+        "n_images": len(np.unique(groups)),
+        "seeds": settings.seeds,
+    }
+    table = pd.DataFrame()
+    try:
+        check_labels(y, groups)
+        rows, baselines = _probe_all(emb, y, groups, settings, control)
+        table = pd.DataFrame(rows)
+        report |= {"status": "ok", "probes": _nest(rows), "baselines": baselines}
+    except DegenerateLabels as err:
+        log.warning("%s: no probes trained: %s", model_name, err)
+        report |= {"status": "degenerate", "message": str(err)}
+    suffix = f"_{control}" if control else ""
+    out = settings.out_dir / f"{model_name}{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    table.to_csv(settings.out_dir / f"{model_name}{suffix}.csv", index=False, lineterminator="\n")
+    return out
+
+
+def _nest(rows: list[dict]) -> dict:
+    """{representation: {layer or "pooled": {probe: metrics}}}, the shape `dvc metrics show` flattens well."""
+    nested: dict = {}
+    for row in rows:
+        layer = "pooled" if row["layer"] is None or pd.isna(row["layer"]) else str(int(row["layer"]))
+        metrics = {k: v for k, v in row.items() if k not in ("representation", "layer", "probe")}
+        nested.setdefault(row["representation"], {}).setdefault(layer, {})[row["probe"]] = metrics
+    return nested
