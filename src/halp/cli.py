@@ -51,6 +51,12 @@ def _probe(params: Params, args: argparse.Namespace) -> None:
     log.info("probes -> %s", probe_model(params, args.model, args.control))
 
 
+def _report(params: Params, args: argparse.Namespace) -> None:
+    from halp.report.probes import write_report
+
+    write_report(list(params.models), params.probe.out_dir, params.report.out_dir)
+
+
 def _summarize(params: Params, args: argparse.Namespace) -> None:
     from halp.report.summary import write_summary
     from halp.store import open_embeddings
@@ -100,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--arch", action="append", help="only this architecture (repeatable)")
     build.add_argument("--out", type=Path, help="output folder (default: tiny.out_dir, or models/full)")
+    command("report", _report, "probe table and AUROC-by-layer plots for every model (params: report)")
     command("sample", _sample, "validate the dataset CSV and draw the sample (params: data)")
     for name, handler, text in (
         ("extract", _extract, "extract representations and answers for one model"),

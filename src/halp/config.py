@@ -113,6 +113,10 @@ class ProbeSettings(_Section):
     out_dir: Path = Path("metrics/probes")
 
 
+class ReportSettings(_Section):
+    out_dir: Path = Path("reports")
+
+
 class SummarySettings(_Section):
     out_dir: Path = Path("metrics/summary")
 
@@ -126,6 +130,7 @@ class Params(_Section):
     summary: SummarySettings = SummarySettings()
     label: LabelSettings = LabelSettings()
     probe: ProbeSettings = ProbeSettings()
+    report: ReportSettings = ReportSettings()
 
     def model(self, name: str) -> ModelSettings:
         """The settings of one configured model, or an error naming the ones that exist."""
