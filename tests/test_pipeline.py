@@ -48,6 +48,19 @@ def test_repro_builds_embeddings_and_metrics_for_every_model(repo):
     assert "metrics/summary/qwen2_5_vl.json" in shown
 
 
+def test_repro_labels_probes_and_reports_every_model(repo):
+    report = (repo / "reports/report.md").read_text()
+    for model in MODELS:
+        labels = json.loads((repo / "metrics/labels" / f"{model}.json").read_text())
+        assert labels["n_samples"] == 64
+        probes = json.loads((repo / "metrics/probes" / f"{model}.json").read_text())
+        assert probes["status"] in ("ok", "degenerate")
+        assert f"| {model} | 64 " in report
+        if probes["status"] == "ok":
+            assert (repo / "reports/figures" / f"{model}.png").is_file()
+    assert "reports/figures" in run("dvc", "plots", "show", "--json", cwd=repo)
+
+
 def test_second_repro_does_nothing(repo):
     out = run("dvc", "repro", cwd=repo)
     assert "Running stage" not in out
@@ -78,5 +91,6 @@ def test_exp_run_on_one_models_layers_reruns_only_that_model(repo):
     assert "Running stage 'summarize@qwen2_5_vl'" in out
     assert "extract@qwen2_vl'" not in out.replace("Stage 'extract@qwen2_vl' didn't change", "")
     assert "Running stage 'build-tiny'" not in out and "Running stage 'sample'" not in out
+    assert "Running stage 'probe@qwen2_5_vl'" in out and "Running stage 'probe@mllama'" not in out
     shown = json.loads(run("dvc", "exp", "show", "--json", cwd=repo))
     assert "[0, -1]" in json.dumps(shown) or "[0,-1]" in json.dumps(shown)

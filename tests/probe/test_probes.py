@@ -1,0 +1,153 @@
+"""Probe protocol on real HDF5 stores of synthetic embeddings: planted signal, controls, splits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from halp.config import Params
+from halp.probe.metrics import bootstrap_auroc
+from halp.probe.run import probe_model
+from halp.probe.splits import grouped_split
+from halp.report.probes import write_report
+from halp.store.parts import PartBuffer, PartFolder, write_part
+
+LAYERS = [0, 1, 2]
+PLANTED = 1  # query_token at this layer encodes the label linearly
+N, H, D_VIS, PER_IMAGE = 240, 16, 8, 3
+
+
+def make_store(root, labels: np.ndarray, seed: int = 0) -> Params:
+    """A real part file (N samples, PER_IMAGE questions per image) plus labels and params pointing at them."""
+    rng = np.random.default_rng(seed)
+    buffer = PartBuffer()
+    for i, label in enumerate(labels):
+        query = rng.normal(size=(len(LAYERS), H)).astype(np.float32)
+        query[LAYERS.index(PLANTED), 0] += 3.0 * (2 * label - 1)
+        buffer.add(
+            {
+                "sample_id": f"q{i}",
+                "image_id": f"img{i // PER_IMAGE}",
+                "question": "?",
+                "ground_truth": "yes",
+                "source": "s",
+                "category": "c",
+                "answer": "a",
+                "vision_token_pos": 1,
+                "query_token_pos": 2,
+                "seq_len": 3,
+                "n_image_tokens": 1,
+                "n_generated_tokens": 1,
+            },
+            {
+                "vision_only": rng.normal(size=D_VIS).astype(np.float32),
+                "vision_token": rng.normal(size=(len(LAYERS), H)).astype(np.float32),
+                "query_token": query,
+                "first_token_logprobs": np.sort(np.log(rng.dirichlet(np.ones(5))))[::-1].astype(np.float32),
+                "first_token_ids": np.arange(5),
+            },
+        )
+    folder = root / "embeddings" / "m"
+    folder.mkdir(parents=True)
+    write_part(PartFolder(folder, "h").next_part(), buffer, {"config_hash": "h", "layers": LAYERS}, "float32")
+    (root / "labels").mkdir()
+    pd.DataFrame(
+        {"sample_id": [f"q{i}" for i in range(len(labels))], "hallucinated": labels.astype(bool)}
+    ).to_csv(root / "labels" / "m.csv", index=False)
+    return Params.model_validate(
+        {
+            "models": {"m": {"model": "unused"}},
+            "extract": {"out_dir": str(root / "embeddings")},
+            "label": {"out_dir": str(root / "labels")},
+            "probe": {"seeds": 3, "bootstrap": 50, "out_dir": str(root / "probes")},
+        }
+    )
+
+
+def balanced_labels(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(np.arange(N) % 3 == 0).astype(np.int64)
+
+
+def auroc(report: dict, rep: str, layer, probe: str) -> float:
+    return report["probes"][rep][str(layer)][probe]["auroc_mean"]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    params = make_store(root, balanced_labels())
+    report = json.loads(probe_model(params, "m").read_text())
+    return root, params, report
+
+
+def test_planted_layer_is_found_and_the_others_are_chance(planted):
+    _, _, report = planted
+    assert report["status"] == "ok"
+    for probe in ("mlp", "logistic"):
+        assert auroc(report, "query_token", PLANTED, probe) >= 0.95
+        for layer in (0, 2):
+            assert abs(auroc(report, "query_token", layer, probe) - 0.5) < 0.15
+            assert abs(auroc(report, "vision_token", layer, probe) - 0.5) < 0.15
+        assert abs(auroc(report, "vision_only", "pooled", probe) - 0.5) < 0.15
+    planted_ci = report["probes"]["query_token"][str(PLANTED)]["logistic"]
+    assert planted_ci["auroc_ci_low"] <= planted_ci["auroc_mean"] <= planted_ci["auroc_ci_high"]
+    assert set(report["baselines"]) == {"first_token_max_prob", "first_token_entropy"}
+
+
+def test_shuffled_control_sits_near_chance(planted):
+    _, params, _ = planted
+    report = json.loads(probe_model(params, "m", control="shuffled").read_text())
+    assert report["control"] == "shuffled"
+    assert abs(auroc(report, "query_token", PLANTED, "logistic") - 0.5) < 0.15
+
+
+def test_same_seed_same_numbers(planted):
+    _root, params, report = planted
+    again = json.loads(probe_model(params, "m").read_text())
+    assert again == report
+
+
+def test_degenerate_labels_give_a_message_not_a_crash(tmp_path):
+    labels = np.zeros(N, dtype=np.int64)
+    labels[:2] = 1
+    params = make_store(tmp_path, labels)
+    report = json.loads(probe_model(params, "m").read_text())
+    assert report["status"] == "degenerate"
+    assert "2 hallucinated and 238 correct answers" in report["message"]
+    write_report(["m"], params.probe.out_dir, tmp_path / "reports")
+    assert "2 hallucinated" in (tmp_path / "reports" / "report.md").read_text()
+
+
+def test_grouped_split_never_shares_an_image():
+    labels = balanced_labels()
+    groups = np.arange(N) // PER_IMAGE
+    for seed in range(5):
+        train, val, test = grouped_split(labels, groups, seed)
+        assert len(train) + len(val) + len(test) == N
+        images = [set(groups[rows]) for rows in (train, val, test)]
+        assert not (images[0] & images[1] or images[0] & images[2] or images[1] & images[2])
+    assert not np.array_equal(grouped_split(labels, groups, 0)[2], grouped_split(labels, groups, 1)[2])
+
+
+def test_bootstrap_matches_sklearn_on_every_resample():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 100)
+    s = np.round(rng.normal(size=100) + y, 1)  # ties on purpose
+    rows = np.random.default_rng(7).integers(0, 100, size=(20, 100))
+    expected = [roc_auc_score(y[r], s[r]) for r in rows]
+    np.testing.assert_allclose(bootstrap_auroc(y, s, 20, seed=7), expected, atol=1e-12)
+
+
+def test_report_table_and_figures(planted, tmp_path):
+    _root, params, _ = planted
+    out = write_report(["m"], params.probe.out_dir, tmp_path)
+    text = out.read_text()
+    assert "| m | 240 (33%) |" in text and f"(L{PLANTED}, " in text
+    assert (tmp_path / "figures" / "m.png").stat().st_size > 1000
+    data = pd.read_csv(tmp_path / "plots" / "m.csv")
+    assert list(data.layer) == LAYERS and "query_token_mlp" in data
