@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +38,14 @@ def _sample(params: Params, args: argparse.Namespace) -> None:
 def _extract(params: Params, args: argparse.Namespace) -> None:
     from halp.extract.run import extract
 
+    settings = params.extract
+    if settings.launcher == "torchrun" and settings.processes > 1 and "WORLD_SIZE" not in os.environ:
+        params.model(args.model)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += [f"--nproc_per_node={settings.processes}", "-m", "halp", "--params", str(args.params)]
+        log.info("launching %d workers: %s", settings.processes, " ".join(command))
+        subprocess.run([*command, "extract", "--model", args.model], check=True)
+        return
     extract(params, args.model)
 
 
@@ -141,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.handler(load_params(args.params), args)
+    except subprocess.CalledProcessError as err:
+        print(f"halp {args.command}: error: a worker failed ({err})", file=sys.stderr)
+        return 1
     except (ConfigError, DatasetError, FileNotFoundError, ValueError, KeyError) as err:
         if args.verbose:
             raise

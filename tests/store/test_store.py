@@ -81,9 +81,23 @@ def test_prepare_drops_stale_parts_and_temp_files(tmp_path):
     write(tmp_path, [0, 1])
     write(tmp_path, [2], errors=[3], config_hash="old")
     (tmp_path / "part-00009.h5.tmp").write_bytes(b"half written")
-    done = PartFolder(tmp_path, "abc").prepare()
+    parts = PartFolder(tmp_path, "abc")
+    parts.clean()
+    done = parts.done()
     assert done == {"q0", "q1"}
     assert [p.name for p in tmp_path.iterdir()] == ["part-00000.h5"]
+
+
+def test_concurrent_processes_never_pick_the_same_part_name(tmp_path):
+    write(tmp_path, [0])
+    write(tmp_path, [1])  # part-00000, part-00001 from an earlier single-process run
+    folders = [PartFolder(tmp_path, "abc", rank, 3) for rank in range(3)]
+    names = [[folder.next_part().name for _ in range(3)] for folder in folders]
+    flat = [name for rank_names in names for name in rank_names]
+    assert len(set(flat)) == 9
+    assert (
+        names[0][0] == "part-00003.h5" and names[1][0] == "part-00004.h5" and names[2][0] == "part-00002.h5"
+    )
 
 
 def test_float16_storage_refuses_infinities(tmp_path):

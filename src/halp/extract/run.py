@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from halp.config import Params
+from halp.extract.distributed import Rank, process_group
 from halp.extract.engine import BatchOutput, Extractor
 from halp.extract.layers import resolve_layers
 from halp.models.loading import load_model, model_fingerprint
@@ -61,16 +62,17 @@ class ExtractionRun:
     """Feeds batches through the Extractor, isolating faulty samples, and writes a part every
     `checkpoint_interval` samples."""
 
-    def __init__(self, params: Params, model_name: str):
+    def __init__(self, params: Params, model_name: str, rank: Rank):
         self.name = model_name
+        self.rank = rank
         self.settings = params.model(model_name)
         self.top_k = params.extract.top_k
         self.folder = params.extract.out_dir / model_name
-        self.loaded = load_model(self.settings)
+        self.loaded = load_model(self.settings, rank.local)
         self.layers = resolve_layers(self.settings.layers, self.loaded.n_blocks, self.settings.model)
         self.extractor = Extractor(self.loaded, self.layers, self.settings.max_new_tokens, self.top_k)
         self.config_hash = self._config_hash()
-        self.parts = PartFolder(self.folder, self.config_hash)
+        self.parts = PartFolder(self.folder, self.config_hash, rank.index, rank.world)
         self.buffer = PartBuffer()
         self.vision_dim = 0
 
@@ -106,6 +108,8 @@ class ExtractionRun:
             "config_hash": self.config_hash,
             "package_versions": json.dumps({p: version(p) for p in PACKAGES}),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "rank": self.rank.index,
+            "world_size": self.rank.world,
         }
 
     def _flush(self) -> None:
@@ -151,17 +155,24 @@ class ExtractionRun:
                 self._extract(good_rows.iloc[i : i + 1])
 
     def run(self, samples: pd.DataFrame) -> None:
-        done = self.parts.prepare()
-        todo = samples[~samples.question_id.isin(done)]
+        """This process's shard: every world-th sample from its rank on, minus what any part holds."""
+        if self.rank.is_main:
+            self.parts.clean()
+        self.rank.barrier()
+        shard = samples.iloc[self.rank.index :: self.rank.world]
+        todo = shard[~shard.question_id.isin(self.parts.done())]
         log.info(
-            "%s: %d samples, %d already done, %d to extract", self.name, len(samples), len(done), len(todo)
+            "%s rank %d/%d: %d samples, %d already done, %d to extract",
+            *(self.name, self.rank.index, self.rank.world, len(shard), len(shard) - len(todo), len(todo)),
         )
         with tqdm(total=len(todo), desc=f"extract {self.name}", unit="sample") as progress:
             for rows in _batches(todo, self.settings.batch_size):
                 self._extract(rows)
                 progress.update(len(rows))
         self._flush()
-        self.parts.write_manifest(self.name, list(samples.question_id))
+        self.rank.barrier()
+        if self.rank.is_main:
+            self.parts.write_manifest(self.name, list(samples.question_id))
 
 
 def read_samples(path: Path) -> pd.DataFrame:
@@ -173,6 +184,7 @@ def read_samples(path: Path) -> pd.DataFrame:
 def extract(params: Params, model_name: str) -> Path:
     params.model(model_name)  # unknown names fail before any model is loaded
     samples = read_samples(params.data.out)
-    run = ExtractionRun(params, model_name)
-    run.run(samples)
+    with process_group(Rank.from_env()) as rank:
+        run = ExtractionRun(params, model_name, rank)
+        run.run(samples)
     return run.folder

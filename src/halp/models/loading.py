@@ -39,9 +39,10 @@ class LoadedModel:
         return int(resolve(self.model, self.adapter.final_norm).weight.shape[0])
 
 
-def pick_device(setting: str) -> torch.device:
+def pick_device(setting: str, local_rank: int = 0) -> torch.device:
+    """auto: this process's GPU (LOCAL_RANK under a launcher) if there is one, else the CPU."""
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(setting)
 
 
@@ -69,7 +70,7 @@ def model_fingerprint(source: str, revision: str | None) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def load_model(settings: ModelSettings) -> LoadedModel:
+def load_model(settings: ModelSettings, local_rank: int = 0) -> LoadedModel:
     source, revision = settings.model, settings.revision
     try:
         config = AutoConfig.from_pretrained(source, revision=revision)
@@ -80,7 +81,7 @@ def load_model(settings: ModelSettings) -> LoadedModel:
             "(offline: download it first, e.g. `hf download ID`)."
         ) from err
     adapter = adapter_for(config.model_type, source)
-    device = pick_device(settings.device)
+    device = pick_device(settings.device, local_rank)
     dtype = getattr(torch, settings.dtype)
     attention = pick_attention(settings.attn_implementation, device)
     model = adapter.auto_class.from_pretrained(

@@ -98,37 +98,51 @@ def read_text(dataset: h5py.Dataset) -> list[str]:
 
 
 class PartFolder:
-    """A model's folder of parts: finds finished work, drops stale parts, names the next part."""
+    """A model's folder of parts: finds finished work, drops stale parts, names the next part.
 
-    def __init__(self, folder: Path, config_hash: str):
+    Several processes may write into one folder: process `rank` of `world` numbers its parts in its own
+    residue class modulo `world`, so names never collide, whatever ran before.
+    """
+
+    def __init__(self, folder: Path, config_hash: str, rank: int = 0, world: int = 1):
         self.folder = folder
         self.config_hash = config_hash
+        self.rank, self.world = rank, world
+        self._next: int | None = None
 
     def parts(self) -> list[Path]:
         return sorted(self.folder.glob(PART_GLOB))
 
-    def prepare(self) -> set[str]:
-        """Remove leftovers of killed runs and parts of another config; return the sample ids already done."""
+    def clean(self) -> None:
+        """Remove leftovers of killed runs, the old manifest and other configs' parts (one process only)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.folder.glob("*.tmp"):
             log.info("removing incomplete %s left by an interrupted run", leftover.name)
             leftover.unlink()
         (self.folder / MANIFEST).unlink(missing_ok=True)
-        done: set[str] = set()
         for part in self.parts():
             with h5py.File(part, "r") as f:
                 stale = f.attrs.get("config_hash") != self.config_hash
-                if not stale:
-                    done.update(read_text(f["meta/sample_id"]))
-                    done.update(read_text(f["errors/sample_id"]))
             if stale:
                 log.warning("removing %s: it was extracted with another configuration", part.name)
                 part.unlink()
+
+    def done(self) -> set[str]:
+        """Sample ids already in a part (extracted or failed)."""
+        done: set[str] = set()
+        for part in self.parts():
+            with h5py.File(part, "r") as f:
+                done.update(read_text(f["meta/sample_id"]))
+                done.update(read_text(f["errors/sample_id"]))
         return done
 
     def next_part(self) -> Path:
-        numbers = [int(p.stem.split("-")[1]) for p in self.parts()]
-        return self.folder / f"part-{max(numbers, default=-1) + 1:05d}.h5"
+        if self._next is None:
+            start = max((int(p.stem.split("-")[1]) for p in self.parts()), default=-1) + 1
+            self._next = start + (self.rank - start) % self.world
+        path = self.folder / f"part-{self._next:05d}.h5"
+        self._next += self.world
+        return path
 
     def write_manifest(self, model: str, order: list[str]) -> None:
         """Record the parts and the sampled order; the reader presents rows in this order."""
