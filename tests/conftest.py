@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,24 @@ def halp(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProce
     if check and result.returncode != 0:
         raise AssertionError(f"halp {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result
+
+
+def kill_after_first_part(model: str, folder: Path, cwd: Path) -> None:
+    """Start `halp extract` (and any workers it launches) and SIGKILL them all once a part exists."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "halp", "extract", "--model", model],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while not list(folder.glob("part-*.h5")):
+        assert proc.poll() is None and time.monotonic() < deadline, "extract ended before its first part"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (folder / "manifest.json").exists()
 
 
 @pytest.fixture()

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
 from halp.store import open_embeddings
-from tests.conftest import halp, set_params
+from tests.conftest import halp, kill_after_first_part, set_params
 
 pytestmark = pytest.mark.slow
 MODEL = "qwen2_vl"
@@ -55,20 +49,7 @@ def test_two_workers_equal_one_process(workspace, reference):
 def test_killed_workers_resume_without_duplicates(workspace, reference):
     set_params(workspace, {f"models.{MODEL}.max_new_tokens": 24})
     folder = workspace / "parallel" / MODEL
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "halp", "extract", "--model", MODEL],
-        cwd=workspace,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 180
-    while not list(folder.glob("part-*.h5")):
-        assert proc.poll() is None and time.monotonic() < deadline, "extract ended before its first part"
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (folder / "manifest.json").exists()
+    kill_after_first_part(MODEL, folder, workspace)
 
     halp("extract", "--model", MODEL, cwd=workspace)
     emb = open_embeddings(folder)
