@@ -78,8 +78,8 @@ class Extractor:
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         batch, prompt_len = ids.shape
         vision_pos, query_pos = token_positions(ids, mask, self.image_token_id)
-        rows = torch.arange(batch, device=ids.device)[:, None]
-        wanted = torch.stack([vision_pos, query_pos], dim=1)  # [B, 2]
+        rows = torch.arange(batch)[:, None]
+        wanted = torch.stack([vision_pos, query_pos], dim=1).cpu()  # [B, 2]
 
         def keep_positions(output: Any) -> Tensor:
             hidden = output[0] if isinstance(output, tuple) else output  # [B, S, H]
@@ -87,13 +87,15 @@ class Extractor:
                 raise RuntimeError(
                     f"decoder hook saw sequence length {hidden.shape[1]}, expected the prefill's {prompt_len}"
                 )
-            return hidden[rows, wanted]  # [B, 2, H]
+            rows_here, wanted_here = rows.to(hidden.device), wanted.to(hidden.device)
+            # only [B, 2, H] leaves the block, and on the CPU: blocks may sit on different devices
+            return hidden[rows_here, wanted_here].float().cpu()
 
         blocks = adapter.blocks(model)
         hooks = {str(k): (blocks[k], keep_positions) for k in self.layers}
         hooks[VISION] = (
             adapter.vision_module(model),
-            lambda output: adapter.pool_vision(output, inputs, model.config),
+            lambda output: adapter.pool_vision(output, inputs, model.config).float().cpu(),
         )
         with capture_first_call(hooks) as captured:
             out = model.generate(
@@ -104,10 +106,8 @@ class Extractor:
                 output_logits=True,
                 **generate_kwargs,
             )
-        states = (
-            torch.stack([captured[str(k)] for k in self.layers], dim=1).float().cpu()
-        )  # [B, n_layers, 2, H]
-        vision_only = captured[VISION].float().cpu()
+        states = torch.stack([captured[str(k)] for k in self.layers], dim=1)  # [B, n_layers, 2, H]
+        vision_only = captured[VISION]  # [B, D_vis]
         if vision_only.shape[0] != batch:
             raise RuntimeError(f"vision encoder pooled {vision_only.shape[0]} images for a batch of {batch}")
         logprobs = torch.log_softmax(out.logits[0].float(), dim=-1).topk(self.top_k, dim=-1)
