@@ -114,6 +114,9 @@ class ProbeSettings(_Section):
     seeds: int = Field(5, ge=1, description="grouped splits, one per seed")
     probes: list[Literal["mlp", "logistic"]] = ["mlp", "logistic"]
     bootstrap: int = Field(200, ge=0, description="test-set resamples per seed for the AUROC interval")
+    pca_components: int | None = Field(
+        None, ge=1, description="project standardised features on the training split's top components first"
+    )
     out_dir: Path = Path("metrics/probes")
 
 

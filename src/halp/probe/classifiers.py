@@ -6,7 +6,6 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 MAX_EPOCHS = 50
@@ -70,7 +69,16 @@ def fit_logistic(x_train, y_train, x_val, y_val, seed: int):
 PROBES = {"mlp": fit_mlp, "logistic": fit_logistic}
 
 
-def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Fit on train only; float32 for the MLP."""
-    scaler = StandardScaler().fit(train)
-    return [scaler.transform(x).astype(np.float32) for x in (train, *others)]
+def standardise(
+    train: np.ndarray, val: np.ndarray, test: np.ndarray, components: int | None = None, seed: int = 0
+) -> list[np.ndarray]:
+    """Centre and scale with the training split's statistics; with `components`, also project onto the
+    training split's top principal components (randomised PCA). Nothing is fitted on val or test."""
+    x_train = torch.from_numpy(train).float()
+    mean, std = x_train.mean(dim=0), x_train.std(dim=0, unbiased=False).clamp_min(1e-12)
+    parts = [(torch.from_numpy(x).float() - mean) / std for x in (train, val, test)]
+    if components is not None and components < min(x_train.shape):
+        torch.manual_seed(seed)
+        _, _, basis = torch.pca_lowrank(parts[0], q=components, center=False, niter=2)  # [D, components]
+        parts = [x @ basis for x in parts]
+    return [x.numpy() for x in parts]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,29 +52,39 @@ def load_labelled(params: Params, model_name: str) -> tuple[Embeddings, np.ndarr
     return emb, y, emb.meta.image_id.to_numpy()
 
 
-def _probe_all(emb: Embeddings, y, groups, settings: ProbeSettings, control: str | None) -> tuple[list, dict]:
+def probe_grid(
+    features: Iterable[tuple[str, int | None, np.ndarray]],
+    baselines: dict[str, np.ndarray],
+    y: np.ndarray,
+    groups: np.ndarray,
+    settings: ProbeSettings,
+    control: str | None = None,
+) -> tuple[list[dict], dict]:
+    """Every probe on every representation over the same seeded grouped splits; then the output
+    baselines on the same test splits. Each (representation, split) is standardised once."""
     splits = []
     for seed in range(settings.seeds):
         train, val, test = grouped_split(y, groups, seed)
         y_train = np.random.default_rng(seed).permutation(y[train]) if control == "shuffled" else y[train]
         splits.append((seed, train, val, test, y_train))
     rows = []
-    for rep, layer, x in representations(emb):
-        for probe in settings.probes:
-            per_seed, boots = [], []
-            for seed, train, val, test, y_train in splits:
-                x_train, x_val, x_test = standardise(x[train], x[val], x[test])
+    for rep, layer, x in features:
+        results: dict[str, tuple[list, list]] = {probe: ([], []) for probe in settings.probes}
+        for seed, train, val, test, y_train in splits:
+            x_train, x_val, x_test = standardise(x[train], x[val], x[test], settings.pca_components, seed)
+            for probe, (per_seed, boots) in results.items():
                 predict = PROBES[probe](x_train, y_train, x_val, y[val], seed)
                 per_seed.append(evaluate(y[val], predict(x_val), y[test], s_test := predict(x_test)))
                 boots.append(bootstrap_auroc(y[test], s_test, settings.bootstrap, seed))
+        for probe, (per_seed, boots) in results.items():
             rows.append({"representation": rep, "layer": layer, "probe": probe} | aggregate(per_seed, boots))
             log.info("%s layer %s %s: AUROC %.3f", rep, layer, probe, rows[-1]["auroc_mean"])
-    baselines = {}
-    for name, scores in output_baselines(emb).items():
+    scored = {}
+    for name, scores in baselines.items():
         per_seed = [evaluate(y[val], scores[val], y[test], scores[test]) for _, _, val, test, _ in splits]
         boots = [bootstrap_auroc(y[test], scores[test], settings.bootstrap, s) for s, _, _, test, _ in splits]
-        baselines[name] = aggregate(per_seed, boots)
-    return rows, baselines
+        scored[name] = aggregate(per_seed, boots)
+    return rows, scored
 
 
 def probe_model(params: Params, model_name: str, control: str | None = None) -> Path:
@@ -92,7 +102,9 @@ def probe_model(params: Params, model_name: str, control: str | None = None) -> 
     table = pd.DataFrame()
     try:
         check_labels(y, groups)
-        rows, baselines = _probe_all(emb, y, groups, settings, control)
+        rows, baselines = probe_grid(
+            representations(emb), output_baselines(emb), y, groups, settings, control
+        )
         table = pd.DataFrame(rows)
         report |= {"status": "ok", "probes": _nest(rows), "baselines": baselines}
     except DegenerateLabels as err:
