@@ -27,16 +27,18 @@ REPRESENTATIONS = [("vision_only", None)] + [
 
 
 def synthetic(n: int, width: int, seed: int = 0):
-    """Labels at a 30% rate, three questions per image, and a weak linear signal in every representation."""
+    """Labels at a 30% rate, three questions per image, and a linear signal of 0.5 to 1.5 standard
+    deviations along one direction (AUROC about 0.64 to 0.86), growing over the representations."""
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < 0.3).astype(np.int64)
     groups = np.arange(n) // 3
-    direction = rng.normal(size=width).astype(np.float32) / np.sqrt(width)
+    direction = rng.normal(size=width).astype(np.float32)
+    direction /= np.linalg.norm(direction)
 
     def features():
         for i, (rep, layer) in enumerate(REPRESENTATIONS):
             x = rng.normal(size=(n, width)).astype(np.float32)
-            x += np.outer(y * (0.5 + 0.1 * i), direction * np.sqrt(width) / 4).astype(np.float32)
+            x += np.outer(y * (0.5 + 0.1 * i), direction).astype(np.float32)
             yield rep, layer, x
 
     return features, y, groups
