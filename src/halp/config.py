@@ -62,6 +62,9 @@ class ModelSettings(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     storage_dtype: Literal["float32", "float16"] = "float32"
     device: str = "auto"
+    device_map: str | None = Field(
+        None, description="e.g. auto: accelerate splits a model too big for one GPU over all visible GPUs"
+    )
     batch_size: int = Field(8, ge=1)
     checkpoint_interval: int = Field(256, ge=1)
     max_new_tokens: int = Field(32, ge=1)

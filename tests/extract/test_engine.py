@@ -169,3 +169,19 @@ def test_hooks_are_removed_after_a_run_even_on_error(setup):
     with pytest.raises(ValueError):
         extractor.run(batch_inputs, not_a_generate_argument=True)  # generate refuses it, hooks in place
     assert hook_count() == before
+
+
+@torch.inference_mode()
+def test_device_map_loading_extracts_the_same(mixed_batch, setup):
+    """Loading through accelerate's device_map path extracts the same (one CPU here: no real split)."""
+    from halp.config import ModelSettings
+    from halp.models.loading import load_model
+
+    loaded, _, _, batched, _ = setup
+    dispatched = load_model(ModelSettings(model=loaded.model.name_or_path, device_map="auto"))
+    images, questions = mixed_batch
+    extractor = Extractor(dispatched, LAYERS, max_new_tokens=MAX_NEW, top_k=5)
+    again = extractor.run(extractor.prepare(images, questions))
+    for name in ("vision_only", "vision_token", "query_token"):
+        np.testing.assert_allclose(getattr(again, name), getattr(batched, name), atol=TOL, rtol=0)
+    assert again.answers == batched.answers

@@ -84,10 +84,20 @@ def load_model(settings: ModelSettings, local_rank: int = 0) -> LoadedModel:
     device = pick_device(settings.device, local_rank)
     dtype = getattr(torch, settings.dtype)
     attention = pick_attention(settings.attn_implementation, device)
-    model = adapter.auto_class.from_pretrained(
-        source, revision=revision, dtype=dtype, attn_implementation=attention
-    )
-    model = model.to(device).eval()
+    if settings.device_map is None:
+        model = adapter.auto_class.from_pretrained(
+            source, revision=revision, dtype=dtype, attn_implementation=attention
+        ).to(device)
+    else:  # accelerate spreads the blocks over the visible devices; inputs go where the embeddings are
+        model = adapter.auto_class.from_pretrained(
+            source,
+            revision=revision,
+            dtype=dtype,
+            attn_implementation=attention,
+            device_map=settings.device_map,
+        )
+        device = model.device
+    model = model.eval()
     processor = AutoProcessor.from_pretrained(source, revision=revision)
     processor.tokenizer.padding_side = "left"  # batched prompts must end at the same position
     if adapter.after_load is not None:
