@@ -22,7 +22,6 @@ from PIL import Image
 from halp.bench import engine, seed_style
 from halp.config import ModelSettings
 from halp.extract.engine import Extractor
-from halp.extract.layers import resolve_layers
 from halp.models.loading import load_model
 from halp.models.synthetic import build_synthetic
 
@@ -61,7 +60,7 @@ def main() -> None:
         layers=[0, 0.25, 0.5, 0.75, 1.0],
     )
     loaded = load_model(settings)
-    extractor = Extractor(loaded, resolve_layers(settings.layers, loaded.n_blocks), args.new_tokens, top_k=5)
+    extractor = Extractor.configured(loaded, settings, top_k=5, max_new_tokens=args.new_tokens)
     rng = np.random.default_rng(0)
     side = args.image_size
     images = [

@@ -22,7 +22,6 @@ from halp.bench import engine
 from halp.config import load_params
 from halp.data.sample import sample_dataset
 from halp.extract.engine import Extractor
-from halp.extract.layers import resolve_layers
 from halp.extract.run import load_image
 from halp.models.loading import load_model
 
@@ -32,8 +31,7 @@ def batch_sizes(model: str, samples, sizes: list[int], new_tokens: int) -> None:
     settings = params.model(model)
     images, questions = [load_image(p) for p in samples.image_path], list(samples.question)
     loaded = load_model(settings)
-    layers = resolve_layers(settings.layers, loaded.n_blocks)
-    extractor = Extractor(loaded, layers, new_tokens, params.extract.top_k)
+    extractor = Extractor.configured(loaded, settings, params.extract.top_k, max_new_tokens=new_tokens)
     engine(extractor, images[:8], questions[:8], 8, new_tokens)  # warm-up
     print(f"| batch size | samples/s ({model}, {len(images)} samples, {new_tokens} new tokens) |\n|---|---|")
     for size in sizes:

@@ -13,7 +13,6 @@ import torch
 
 from halp.config import Params
 from halp.extract.engine import Extractor, token_positions
-from halp.extract.layers import resolve_layers
 from halp.extract.run import load_image, read_samples
 from halp.models.loading import LoadedModel, load_model
 
@@ -55,8 +54,7 @@ def benchmark(params: Params, model_name: str, n_samples: int, batch_size: int) 
     images = [load_image(p) for p in samples.image_path]
     questions = list(samples.question)
     loaded = load_model(settings)
-    layers = resolve_layers(settings.layers, loaded.n_blocks, settings.model)
-    extractor = Extractor(loaded, layers, settings.max_new_tokens, params.extract.top_k)
+    extractor = Extractor.configured(loaded, settings, params.extract.top_k)
     new_tokens = settings.max_new_tokens
     seed_style(loaded, extractor, images[:1], questions[:1], new_tokens)  # warm-up both paths
     engine(extractor, images[:batch_size], questions[:batch_size], batch_size, new_tokens)

@@ -11,7 +11,9 @@ import torch
 from PIL.Image import Image
 from torch import Tensor
 
+from halp.config import ModelSettings
 from halp.extract.capture import capture_first_call
+from halp.extract.layers import resolve_layers
 from halp.models.loading import LoadedModel
 
 VISION = "vision_encoder"
@@ -66,6 +68,14 @@ class Extractor:
         self.image_token_id = loaded.adapter.image_token(loaded.model)
         eos = loaded.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+
+    @classmethod
+    def configured(
+        cls, loaded: LoadedModel, settings: ModelSettings, top_k: int, max_new_tokens: int | None = None
+    ) -> Extractor:
+        """The extractor a `models` entry describes, its layers resolved against this model's depth."""
+        layers = resolve_layers(settings.layers, loaded.n_blocks, settings.model)
+        return cls(loaded, layers, max_new_tokens or settings.max_new_tokens, top_k)
 
     def prepare(self, images: Sequence[Image], questions: Sequence[str]) -> Any:
         return self.loaded.adapter.build_inputs(self.loaded.processor, images, questions)

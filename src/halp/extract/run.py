@@ -17,7 +17,6 @@ from tqdm import tqdm
 from halp.config import Params
 from halp.extract.distributed import Rank, process_group
 from halp.extract.engine import BatchOutput, Extractor
-from halp.extract.layers import resolve_layers
 from halp.models.loading import load_model, model_fingerprint
 from halp.store.parts import ARRAYS, SCHEMA_VERSION, PartBuffer, PartFolder, write_part
 
@@ -69,8 +68,8 @@ class ExtractionRun:
         self.top_k = params.extract.top_k
         self.folder = params.extract.out_dir / model_name
         self.loaded = load_model(self.settings, rank.local)
-        self.layers = resolve_layers(self.settings.layers, self.loaded.n_blocks, self.settings.model)
-        self.extractor = Extractor(self.loaded, self.layers, self.settings.max_new_tokens, self.top_k)
+        self.extractor = Extractor.configured(self.loaded, self.settings, self.top_k)
+        self.layers = self.extractor.layers
         self.config_hash = self._config_hash()
         self.parts = PartFolder(self.folder, self.config_hash, rank.index, rank.world)
         self.buffer = PartBuffer()

@@ -122,7 +122,7 @@ def _nest(rows: list[dict]) -> dict:
     """{representation: {layer or "pooled": {probe: metrics}}}, the shape `dvc metrics show` flattens well."""
     nested: dict = {}
     for row in rows:
-        layer = "pooled" if row["layer"] is None or pd.isna(row["layer"]) else str(int(row["layer"]))
+        layer = "pooled" if row["layer"] is None else str(row["layer"])
         metrics = {k: v for k, v in row.items() if k not in ("representation", "layer", "probe")}
         nested.setdefault(row["representation"], {}).setdefault(layer, {})[row["probe"]] = metrics
     return nested
