@@ -28,7 +28,8 @@ def bootstrap_auroc(y: np.ndarray, s: np.ndarray, n: int, seed: int) -> np.ndarr
 
     A resample only re-weights samples, so each AUROC is w_pos' C w_neg / (|w_pos| |w_neg|) with C the
     fixed pairwise win matrix (1 if a positive outscores a negative, 1/2 on ties): all resamples in
-    one product, instead of n calls to roc_auc_score whose input checks cost milliseconds each.
+    one BLAS product, instead of n calls to roc_auc_score whose input checks cost milliseconds each
+    (a three-operand einsum, unlike the product, loops in plain C: 0.3 s for 200 x 2,000 samples).
     """
     positive = y.astype(bool)
     wins = np.sign(s[positive][:, None] - s[~positive][None, :]) / 2 + 0.5  # [P, N]
@@ -37,7 +38,7 @@ def bootstrap_auroc(y: np.ndarray, s: np.ndarray, n: int, seed: int) -> np.ndarr
     w_pos, w_neg = counts[:, positive], counts[:, ~positive]
     total = w_pos.sum(axis=1) * w_neg.sum(axis=1)
     keep = total > 0
-    return np.einsum("bp,pq,bq->b", w_pos[keep], wins, w_neg[keep]) / total[keep]
+    return ((w_pos[keep] @ wins) * w_neg[keep]).sum(axis=1) / total[keep]
 
 
 def aggregate(per_seed: list[dict[str, float]], boots: list[np.ndarray]) -> dict[str, float]:
