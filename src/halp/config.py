@@ -117,8 +117,8 @@ class ProbeSettings(_Section):
     seeds: int = Field(5, ge=1, description="grouped splits, one per seed")
     probes: list[Literal["mlp", "logistic"]] = ["mlp", "logistic"]
     bootstrap: int = Field(200, ge=0, description="test-set resamples per seed for the AUROC interval")
-    pca_components: int | None = Field(
-        None, ge=1, description="project standardised features on the training split's top components first"
+    mlp_rank: int | None = Field(
+        32, ge=1, description="factorise the MLP's first layer at this rank (null: HALP's full layer)"
     )
     out_dir: Path = Path("metrics/probes")
 

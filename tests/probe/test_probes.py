@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from halp.config import Params
+from halp.probe import metrics
 from halp.probe.metrics import bootstrap_auroc
 from halp.probe.run import probe_model
-from halp.probe.splits import grouped_split
+from halp.probe.splits import grouped_splits
 from halp.report.probes import write_report
 from halp.store.parts import PartBuffer, PartFolder, write_part
 
@@ -121,15 +122,16 @@ def test_degenerate_labels_give_a_message_not_a_crash(tmp_path):
     assert "2 hallucinated" in (tmp_path / "reports" / "report.md").read_text()
 
 
-def test_grouped_split_never_shares_an_image():
+def test_grouped_splits_never_share_an_image_and_test_every_sample_once():
     labels = balanced_labels()
     groups = np.arange(N) // PER_IMAGE
-    for seed in range(5):
-        train, val, test = grouped_split(labels, groups, seed)
-        assert len(train) + len(val) + len(test) == N
+    splits = grouped_splits(labels, groups, 7)
+    for train, val, test in splits:
+        assert sorted(np.concatenate([train, val, test])) == list(range(N))
         images = [set(groups[rows]) for rows in (train, val, test)]
         assert not (images[0] & images[1] or images[0] & images[2] or images[1] & images[2])
-    assert not np.array_equal(grouped_split(labels, groups, 0)[2], grouped_split(labels, groups, 1)[2])
+    assert sorted(np.concatenate([test for _, _, test in splits[:5]])) == list(range(N))
+    assert not np.array_equal(splits[5][2], splits[0][2])  # the sixth reshuffles the folds
 
 
 def test_bootstrap_matches_sklearn_on_every_resample():
@@ -141,6 +143,7 @@ def test_bootstrap_matches_sklearn_on_every_resample():
     rows = np.random.default_rng(7).integers(0, 100, size=(20, 100))
     expected = [roc_auc_score(y[r], s[r]) for r in rows]
     np.testing.assert_allclose(bootstrap_auroc(y, s, 20, seed=7), expected, atol=1e-12)
+    assert metrics.auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
 
 def test_report_table_and_figures(planted, tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve
 
 
 def validation_threshold(y_val: np.ndarray, s_val: np.ndarray) -> float:
@@ -16,29 +16,47 @@ def validation_threshold(y_val: np.ndarray, s_val: np.ndarray) -> float:
 def evaluate(y_val, s_val, y_test, s_test) -> dict[str, float]:
     predicted = s_test >= validation_threshold(y_val, s_val)
     return {
-        "auroc": float(roc_auc_score(y_test, s_test)),
+        "auroc": auroc(y_test, s_test),
         "auprc": float(average_precision_score(y_test, s_test)),
         "accuracy": float((predicted == y_test).mean()),
         "f1": float(f1_score(y_test, predicted, zero_division=0)),
     }
 
 
-def bootstrap_auroc(y: np.ndarray, s: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """AUROC of n resamples of the test set (resamples holding one class are skipped).
+def weighted_auroc(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC under each row of sample weights [n, samples] (a bootstrap resample's counts, or ones).
 
-    A resample only re-weights samples, so each AUROC is w_pos' C w_neg / (|w_pos| |w_neg|) with C the
-    fixed pairwise win matrix (1 if a positive outscores a negative, 1/2 on ties): all resamples in
-    one BLAS product, instead of n calls to roc_auc_score whose input checks cost milliseconds each
-    (a three-operand einsum, unlike the product, loops in plain C: 0.3 s for 200 x 2,000 samples).
+    One sort serves every row: with the negatives' weights summed in score order, a positive whose
+    score ties the places [a, b) outscores the negatives before a and half of those tied:
+    (below[a] + below[b]) / 2, as roc_auc_score counts ties. NaN where a row weighs one class only.
     """
-    positive = y.astype(bool)
-    wins = np.sign(s[positive][:, None] - s[~positive][None, :]) / 2 + 0.5  # [P, N]
-    rows = np.random.default_rng(seed).integers(0, len(y), size=(n, len(y)))
-    counts = np.stack([np.bincount(r, minlength=len(y)) for r in rows]).astype(np.float64)  # [n, len(y)]
-    w_pos, w_neg = counts[:, positive], counts[:, ~positive]
-    total = w_pos.sum(axis=1) * w_neg.sum(axis=1)
-    keep = total > 0
-    return ((w_pos[keep] @ wins) * w_neg[keep]).sum(axis=1) / total[keep]
+    order = np.argsort(s, kind="stable")
+    ordered, weights = s[order], weights[:, order].astype(np.float64)
+    positives = np.flatnonzero(y[order])  # places of the positives
+    tie_start = np.searchsorted(ordered, ordered[positives], side="left")
+    tie_end = np.searchsorted(ordered, ordered[positives], side="right")
+    negatives = weights.copy()
+    negatives[:, positives] = 0
+    below = np.zeros((len(weights), len(s) + 1))  # below[:, i]: negatives' weight at places < i
+    np.cumsum(negatives, axis=1, out=below[:, 1:])
+    pos_weights = weights[:, positives]
+    wins = (pos_weights * (below[:, tie_start] + below[:, tie_end]) / 2).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return wins / (pos_weights.sum(axis=1) * below[:, -1])
+
+
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """roc_auc_score without its input checks, which cost more than the AUROC itself in a training loop."""
+    return float(weighted_auroc(y, s, np.ones((1, len(y))))[0])
+
+
+def bootstrap_auroc(y: np.ndarray, s: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """AUROC of n resamples of the test set, resamples holding one class skipped: all at once, in
+    milliseconds, where 200 roc_auc_score calls take a second."""
+    resamples = np.random.default_rng(seed).integers(0, len(y), size=(n, len(y)))
+    counts = np.stack([np.bincount(r, minlength=len(y)) for r in resamples])
+    aurocs = weighted_auroc(y, s, counts)
+    return aurocs[np.isfinite(aurocs)]
 
 
 def aggregate(per_seed: list[dict[str, float]], boots: list[np.ndarray]) -> dict[str, float]:

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from halp.config import Params, ProbeSettings
-from halp.probe.classifiers import PROBES, standardise
+from halp.probe.classifiers import fit_probes
 from halp.probe.metrics import aggregate, bootstrap_auroc, evaluate
-from halp.probe.splits import DegenerateLabels, check_labels, grouped_split
+from halp.probe.splits import DegenerateLabels, check_labels, grouped_splits
 from halp.store import Embeddings, open_embeddings
 
 log = logging.getLogger(__name__)
@@ -61,28 +61,32 @@ def probe_grid(
     control: str | None = None,
 ) -> tuple[list[dict], dict]:
     """Every probe on every representation over the same seeded grouped splits; then the output
-    baselines on the same test splits. Each (representation, split) is standardised once."""
-    splits = []
-    for seed in range(settings.seeds):
-        train, val, test = grouped_split(y, groups, seed)
-        y_train = np.random.default_rng(seed).permutation(y[train]) if control == "shuffled" else y[train]
-        splits.append((seed, train, val, test, y_train))
+    baselines on the same test splits."""
+    splits = grouped_splits(y, groups, settings.seeds)
+    fit_labels = []  # per seed: the labels probes train on (training rows permuted for the control)
+    for seed, (train, _, _) in enumerate(splits):
+        fit_labels.append(y.copy())
+        if control == "shuffled":
+            fit_labels[-1][train] = np.random.default_rng(seed).permutation(y[train])
     rows = []
     for rep, layer, x in features:
+        x = np.ascontiguousarray(x, dtype=np.float32)
         results: dict[str, tuple[list, list]] = {probe: ([], []) for probe in settings.probes}
-        for seed, train, val, test, y_train in splits:
-            x_train, x_val, x_test = standardise(x[train], x[val], x[test], settings.pca_components, seed)
+        for seed, (_, val, test) in enumerate(splits):
+            scores = fit_probes(x, fit_labels[seed], splits[seed], settings.probes, seed, settings.mlp_rank)
             for probe, (per_seed, boots) in results.items():
-                predict = PROBES[probe](x_train, y_train, x_val, y[val], seed)
-                per_seed.append(evaluate(y[val], predict(x_val), y[test], s_test := predict(x_test)))
+                s_val, s_test = scores[probe]
+                per_seed.append(evaluate(y[val], s_val, y[test], s_test))
                 boots.append(bootstrap_auroc(y[test], s_test, settings.bootstrap, seed))
         for probe, (per_seed, boots) in results.items():
             rows.append({"representation": rep, "layer": layer, "probe": probe} | aggregate(per_seed, boots))
             log.info("%s layer %s %s: AUROC %.3f", rep, layer, probe, rows[-1]["auroc_mean"])
     scored = {}
     for name, scores in baselines.items():
-        per_seed = [evaluate(y[val], scores[val], y[test], scores[test]) for _, _, val, test, _ in splits]
-        boots = [bootstrap_auroc(y[test], scores[test], settings.bootstrap, s) for s, _, _, test, _ in splits]
+        per_seed, boots = [], []
+        for seed, (_, val, test) in enumerate(splits):
+            per_seed.append(evaluate(y[val], scores[val], y[test], scores[test]))
+            boots.append(bootstrap_auroc(y[test], scores[test], settings.bootstrap, seed))
         scored[name] = aggregate(per_seed, boots)
     return rows, scored
 
