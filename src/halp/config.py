@@ -120,6 +120,9 @@ class ProbeSettings(_Section):
     mlp_rank: int | None = Field(
         32, ge=1, description="factorise the MLP's first layer at this rank (null: HALP's full layer)"
     )
+    workers: int | None = Field(
+        None, ge=1, description="processes fitting probes, one representation each (null: one per core)"
+    )
     out_dir: Path = Path("metrics/probes")
 
 

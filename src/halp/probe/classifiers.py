@@ -126,6 +126,12 @@ def fit_probes(
     without a better validation AUROC and is restored to its best epoch."""
     train, val, test = split
     features = torch.from_numpy(x)
+
+    def rows(indices: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """index_select: 4x faster than features[indices] on one thread; `out` spares a fresh 7 MB
+        batch its page faults on every step."""
+        return torch.index_select(features, 0, torch.from_numpy(indices), out=out)
+
     x_train = x[train]
     mean, std = torch.from_numpy(x_train.mean(axis=0)), torch.from_numpy(x_train.std(axis=0)).clamp_min(1e-12)
     del x_train  # numpy's std: twice as fast as torch's here
@@ -137,9 +143,10 @@ def fit_probes(
         model = build_probe(name, mean, std, rank, seed)
         optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE[name], fused=True)
         runs[name] = _Training(model, optimiser)
-    x_val = features[val]
+    x_val = rows(val)
     generator = torch.Generator().manual_seed(seed)
     batch_size = min(BATCH, max(2, -(-len(train) // MIN_STEPS)))
+    batch_rows = torch.empty(batch_size, x.shape[1])
     for _ in range(MAX_EPOCHS):
         active = [run for run in runs.values() if run.running]
         if not active:
@@ -149,12 +156,12 @@ def fit_probes(
         for batch in torch.randperm(len(train), generator=generator).split(batch_size):
             if len(batch) < 2:  # BatchNorm needs two rows
                 continue
-            x_batch, y_batch = features[train[batch.numpy()]], y_train[batch]
+            x_batch, y_batch = rows(train[batch.numpy()], batch_rows[: len(batch)]), y_train[batch]
             for run in active:
                 run.optimiser.zero_grad()
                 loss_fn(run.model(x_batch).squeeze(1), y_batch).backward()
                 run.optimiser.step()
         for run in active:
             run.keep_if_better(y[val], x_val)
-    x_test = features[test]
+    x_test = rows(test)
     return {name: run.best_scores(x_val, x_test) for name, run in runs.items()}
