@@ -48,7 +48,7 @@ def synthetic(n: int, width: int, seed: int = 0):
 def halp_loop(x: np.ndarray, y: np.ndarray, epochs: int = 50, batch: int = 32) -> None:
     """HALP's release: random stratified 80/20 split, raw features, BCE, Adam 1e-3, evaluated at the end."""
     train, _ = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
-    model = halp_mlp(x.shape[1], rank=None, seed=0)
+    model = halp_mlp(torch.zeros(x.shape[1]), torch.ones(x.shape[1]), rank=None, seed=0)  # raw features
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     xs, ys = torch.from_numpy(x[train]), torch.from_numpy(y[train].astype(np.float32))
     for _ in range(epochs):

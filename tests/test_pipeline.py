@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from halp.store import open_embeddings
-from tests.conftest import copy_repo
+from tests.conftest import copy_repo, set_params
+from tests.extract.test_parallel import assert_same_extraction
 
 pytestmark = pytest.mark.slow
 MODELS = ("qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm")
@@ -26,13 +27,21 @@ def run(*cmd: str, cwd: Path) -> str:
     return output
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A fresh copy of the repository (tracked files only, in a git repo of its own), after `dvc repro`."""
-    root = copy_repo(tmp_path_factory.mktemp("clone") / "halp")
+def fresh_clone(dest: Path, params: dict | None = None) -> Path:
+    """A copy of the repository's tracked files in a git repo of its own, params.yaml edited first."""
+    root = copy_repo(dest)
+    if params:
+        set_params(root, params)
     run("git", "init", "-q", cwd=root)
     run("git", "add", "-A", cwd=root)
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh clone after `dvc repro`."""
+    root = fresh_clone(tmp_path_factory.mktemp("clone") / "halp")
     run("dvc", "repro", cwd=root)
     return root
 
@@ -59,6 +68,13 @@ def test_repro_labels_probes_and_reports_every_model(repo):
         if probes["status"] == "ok":
             assert (repo / "reports/figures" / f"{model}.png").is_file()
     assert "reports/figures" in run("dvc", "plots", "show", "--json", cwd=repo)
+
+
+def test_repro_under_the_accelerate_launcher_reproduces_the_single_process_embeddings(repo, tmp_path):
+    clone = fresh_clone(tmp_path / "halp", {"extract.launcher": "accelerate", "extract.processes": 2})
+    out = run("dvc", "repro", "extract@qwen2_vl", cwd=clone)
+    assert "launching 2 workers" in out and "accelerate.commands.launch" in out
+    assert_same_extraction(clone / "data/embeddings/qwen2_vl", repo / "data/embeddings/qwen2_vl")
 
 
 def test_second_repro_does_nothing(repo):

@@ -35,14 +35,25 @@ def _sample(params: Params, args: argparse.Namespace) -> None:
     sample_dataset(params.data)
 
 
+# Each starts N local workers that learn RANK/WORLD_SIZE/LOCAL_RANK from the environment. accelerate's
+# --multi_gpu is its name for "N processes under torch.distributed.run" and works on CPUs too (gloo).
+LAUNCHERS = {
+    "torchrun": ["torch.distributed.run", "--standalone", "--nproc_per_node={n}"],
+    "accelerate": [
+        "accelerate.commands.launch", "--multi_gpu", "--num_processes={n}", "--num_machines=1",
+        "--mixed_precision=no", "--dynamo_backend=no",
+    ],
+}  # fmt: skip
+
+
 def _extract(params: Params, args: argparse.Namespace) -> None:
     from halp.extract.run import extract
 
     settings = params.extract
-    if settings.launcher == "torchrun" and settings.processes > 1 and "WORLD_SIZE" not in os.environ:
+    if settings.launcher != "none" and settings.processes > 1 and "WORLD_SIZE" not in os.environ:
         params.model(args.model)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        command += [f"--nproc_per_node={settings.processes}", "-m", "halp", "--params", str(args.params)]
+        launcher = [part.format(n=settings.processes) for part in LAUNCHERS[settings.launcher]]
+        command = [sys.executable, "-m", *launcher, "-m", "halp", "--params", str(args.params)]
         log.info("launching %d workers: %s", settings.processes, " ".join(command))
         subprocess.run([*command, "extract", "--model", args.model], check=True)
         return

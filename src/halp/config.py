@@ -87,8 +87,8 @@ class ModelSettings(_Section):
 class ExtractSettings(_Section):
     out_dir: Path = Path("data/embeddings")
     top_k: int = Field(5, ge=1)
-    launcher: Literal["none", "torchrun"] = Field(
-        "none", description="torchrun: `halp extract` starts `processes` data-parallel workers itself"
+    launcher: Literal["none", "torchrun", "accelerate"] = Field(
+        "none", description="`halp extract` starts `processes` data-parallel workers itself through it"
     )
     processes: int = Field(1, ge=1, description="workers per node under the launcher (e.g. one per GPU)")
 

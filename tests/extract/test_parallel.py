@@ -33,7 +33,9 @@ def reference(workspace):
     return workspace / "single" / MODEL
 
 
-def test_two_workers_equal_one_process(workspace, reference):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_workers_equal_one_process(workspace, reference, launcher):
+    set_params(workspace, {"extract.launcher": launcher})
     result = halp("extract", "--model", MODEL, cwd=workspace)
     assert "launching 2 workers" in result.stderr
     folder = workspace / "parallel" / MODEL

@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from halp.config import Params
 from halp.probe import metrics
+from halp.probe.classifiers import StandardisedLinear
 from halp.probe.metrics import bootstrap_auroc
 from halp.probe.run import probe_model
 from halp.probe.splits import grouped_splits
@@ -96,6 +98,27 @@ def test_planted_layer_is_found_and_the_others_are_chance(planted):
     planted_ci = report["probes"]["query_token"][str(PLANTED)]["logistic"]
     assert planted_ci["auroc_ci_low"] <= planted_ci["auroc_mean"] <= planted_ci["auroc_ci_high"]
     assert set(report["baselines"]) == {"first_token_max_prob", "first_token_entropy"}
+
+
+def test_low_rank_mlp_finds_the_planted_layer_and_workers_do_not_change_numbers(planted):
+    _, params, report = planted
+    params = params.model_copy(deep=True)
+    params.probe.workers = 1
+    assert json.loads(probe_model(params, "m").read_text()) == report  # the fixture ran one per core
+    params.probe.mlp_rank = 4
+    low_rank = json.loads(probe_model(params, "m").read_text())
+    assert auroc(low_rank, "query_token", PLANTED, "mlp") >= 0.95
+    assert abs(auroc(low_rank, "query_token", 0, "mlp") - 0.5) < 0.15
+
+
+def test_standardised_linear_equals_a_linear_layer_on_standardised_features():
+    rng = np.random.default_rng(0)
+    scale = np.r_[np.full(8, 1e-3), np.ones(8)]  # tiny features, and massive activations (mean 1,000)
+    x = torch.from_numpy(rng.normal(size=(64, 16)) * scale + np.r_[np.zeros(8), np.full(8, 1e3)]).float()
+    mean, std = x.mean(dim=0), x.std(dim=0, unbiased=False)
+    layer = StandardisedLinear(mean, std, 4)
+    expected = torch.nn.functional.linear((x - mean) / std, layer.weight, layer.bias)
+    torch.testing.assert_close(layer(x), expected, atol=1e-3, rtol=1e-3)
 
 
 def test_shuffled_control_sits_near_chance(planted):

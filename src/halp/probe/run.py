@@ -75,7 +75,7 @@ def probe_grid(
         for rep, layer, x in features
     )
     rows = []
-    for result in Parallel(n_jobs=settings.workers or -1, return_as="generator")(jobs):
+    for result in Parallel(n_jobs=settings.workers or -1, mmap_mode="c", return_as="generator")(jobs):
         for row in result:
             log.info("%(representation)s layer %(layer)s %(probe)s: AUROC %(auroc_mean).3f", row)
         rows += result
