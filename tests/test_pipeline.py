@@ -108,5 +108,7 @@ def test_exp_run_on_one_models_layers_reruns_only_that_model(repo):
     assert "extract@qwen2_vl'" not in out.replace("Stage 'extract@qwen2_vl' didn't change", "")
     assert "Running stage 'build-tiny'" not in out and "Running stage 'sample'" not in out
     assert "Running stage 'probe@qwen2_5_vl'" in out and "Running stage 'probe@mllama'" not in out
+    out = run("dvc", "exp", "run", "--temp", "-S", "probe.workers=1", cwd=repo)
+    assert "Running stage" not in out, "the worker count does not change probe results, so nothing reruns"
     shown = json.loads(run("dvc", "exp", "show", "--json", cwd=repo))
     assert "[0, -1]" in json.dumps(shown) or "[0,-1]" in json.dumps(shown)
