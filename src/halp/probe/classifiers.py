@@ -3,6 +3,7 @@ the same batches, each class-weighted and kept at its epoch with the best valida
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,7 +146,7 @@ def fit_probes(
         runs[name] = _Training(model, optimiser)
     x_val = rows(val)
     generator = torch.Generator().manual_seed(seed)
-    batch_size = min(BATCH, max(2, -(-len(train) // MIN_STEPS)))
+    batch_size = min(BATCH, max(2, math.ceil(len(train) / MIN_STEPS)))
     batch_rows = torch.empty(batch_size, x.shape[1])
     for _ in range(MAX_EPOCHS):
         active = [run for run in runs.values() if run.running]

@@ -74,7 +74,7 @@ def probe_grid(
         delayed(probe_representation)(rep, layer, np.asarray(x, np.float32), y, fit_labels, splits, settings)
         for rep, layer, x in features
     )
-    rows = []
+    rows = []  # mmap_mode "c": workers share each representation's pages and see a writable array
     for result in Parallel(n_jobs=settings.workers or -1, mmap_mode="c", return_as="generator")(jobs):
         for row in result:
             log.info("%(representation)s layer %(layer)s %(probe)s: AUROC %(auroc_mean).3f", row)
