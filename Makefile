@@ -1,19 +1,29 @@
 # Two commands set everything up on a fresh machine: `make repro` and `make test`.
 VENV := .venv
 PYTHON ?= python3.11
+LOCK := requirements.lock
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv repro test lint format bench
+.PHONY: venv lock repro test lint format bench
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the locked set (hash-checked, nothing resolved again), then halp itself on top of it.
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip check
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Re-resolve pyproject.toml's ranges into the lock (every package, pinned and hashed; Python 3.11, Linux
+# x86_64). Keeps existing pins that still fit; LOCK_ARGS=--upgrade takes the newest releases,
+# LOCK_ARGS='--upgrade-package transformers' one package.
+lock: venv
+	CUSTOM_COMPILE_COMMAND="make lock" pip-compile --quiet --extra dev --allow-unsafe --generate-hashes \
+		--strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) -o $(LOCK) pyproject.toml
 
 repro: venv  ## run the whole pipeline on the embedded default (tiny models, demo data)
 	dvc repro

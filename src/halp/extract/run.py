@@ -15,13 +15,14 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from halp.config import Params
+from halp.environment import NUMERIC_PACKAGES, warn_if_unlocked
 from halp.extract.distributed import Rank, process_group
 from halp.extract.engine import BatchOutput, Extractor
 from halp.models.loading import load_model, model_fingerprint
 from halp.store.parts import ARRAYS, SCHEMA_VERSION, PartBuffer, PartFolder, write_part
 
 log = logging.getLogger(__name__)
-PACKAGES = ("halp", "torch", "transformers", "h5py")
+PACKAGES = ("halp", *NUMERIC_PACKAGES)
 
 
 def load_image(path: str) -> Image.Image:
@@ -184,6 +185,8 @@ def extract(params: Params, model_name: str) -> Path:
     params.model(model_name)  # unknown names fail before any model is loaded
     samples = read_samples(params.data.out)
     with process_group(Rank.from_env()) as rank:
+        if rank.is_main:
+            warn_if_unlocked()
         run = ExtractionRun(params, model_name, rank)
         run.run(samples)
     return run.folder
