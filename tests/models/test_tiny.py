@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -55,6 +58,21 @@ def test_same_seed_same_weights(tmp_path, tiny_dir):
     assert model_fingerprint(str(tiny_dir / "qwen2_5_vl"), None) != model_fingerprint(
         str(tmp_path / "other" / "qwen2_5_vl"), None
     )
+
+
+def test_same_seed_same_bytes_in_every_interpreter(tmp_path):
+    """A rebuild must not change a model folder's fingerprint, or every rebuild deletes its parts."""
+    build = (
+        "import sys; from pathlib import Path; from halp.models.synthetic import BUILDERS, build_synthetic\n"
+        "for arch in BUILDERS: build_synthetic(arch, Path(sys.argv[1]), seed=0)"
+    )
+    for hash_seed in ("1", "2"):
+        env = {"PYTHONHASHSEED": hash_seed, "HF_HUB_OFFLINE": "1", "PATH": ""}
+        subprocess.run([sys.executable, "-c", build, str(tmp_path / hash_seed)], env=env, check=True)
+    files = sorted(p.relative_to(tmp_path / "1") for p in (tmp_path / "1").rglob("*") if p.is_file())
+    assert {p.parts[0] for p in files} == set(ARCHS)
+    for name in files:
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
 
 
 def test_unknown_model_source_is_a_clear_error(tmp_path):

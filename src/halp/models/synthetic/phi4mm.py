@@ -36,7 +36,9 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 CROP = 448  # the image processor hard-codes 256 + 16 global-image tokens, which only a 448 crop gives
-LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # the real vision-lora's targets
+# The real vision-lora's targets, as one pattern: peft saves a list of them in set order, which changes
+# with every interpreter's hash seed, so each build would write another adapter_config.json.
+LORA_TARGETS = r".*\.(qkv_proj|o_proj|gate_up_proj|down_proj)"
 ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 
 TEXT = {
