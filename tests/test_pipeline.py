@@ -38,6 +38,32 @@ def fresh_clone(dest: Path, params: dict | None = None) -> Path:
     return root
 
 
+MISSING = ("deleted", "not in cache")  # what a fresh clone lacks by design: outputs not kept in git
+
+
+def stale_stages(root: Path) -> dict[str, list]:
+    """Stages whose code, params, command or committed outputs differ from what dvc.lock records."""
+    stale: dict[str, list] = {}
+    for stage, changes in json.loads(run("dvc", "status", "--json", cwd=root)).items():
+        for change in changes:  # "changed command" and the like, or {"changed deps": {path: state}}
+            if isinstance(change, str):
+                stale.setdefault(stage, []).append(change)
+                continue
+            for kind, paths in change.items():
+                if real := {path: state for path, state in paths.items() if state not in MISSING}:
+                    stale.setdefault(stage, []).append({kind: real})
+    return stale
+
+
+def test_committed_lock_matches_the_committed_code_params_and_results(tmp_path):
+    root = fresh_clone(tmp_path / "halp")
+    stale = stale_stages(root)
+    assert not stale, f"{stale}: dvc.lock is stale; run `make repro` and commit dvc.lock with its outputs"
+    with (root / "src/halp/probe/splits.py").open("a") as code:
+        code.write("# an edit\n")
+    assert set(stale_stages(root)) == {f"probe@{model}" for model in MODELS}
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A fresh clone after `dvc repro`."""
