@@ -11,6 +11,7 @@ from pathlib import Path
 
 from halp.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 from halp.data.schema import DatasetError
+from halp.store.parts import PartWriteError
 
 log = logging.getLogger("halp")
 
@@ -165,7 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as err:
         print(f"halp {args.command}: error: a worker failed ({err})", file=sys.stderr)
         return 1
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError, KeyError) as err:
+    except (
+        ConfigError,
+        DatasetError,
+        FileNotFoundError,
+        ValueError,
+        KeyError,
+        OverflowError,
+        PartWriteError,
+    ) as err:
         if args.verbose:
             raise
         print(f"halp {args.command}: error: {err}", file=sys.stderr)

@@ -91,6 +91,9 @@ class ExtractSettings(_Section):
         "none", description="`halp extract` starts `processes` data-parallel workers itself through it"
     )
     processes: int = Field(1, ge=1, description="workers per node under the launcher (e.g. one per GPU)")
+    write_retry_seconds: list[float] = Field(
+        [2, 10, 30], description="waits before each new try of a failed part write (a disk full for a moment)"
+    )
 
 
 class LLMJudgeSettings(_Section):

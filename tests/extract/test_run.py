@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import resource
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from halp.store import open_embeddings
 from tests.conftest import halp, kill_after_first_part, set_params
@@ -84,10 +90,36 @@ def test_faulty_images_become_error_rows_and_the_run_goes_on(workspace):
     assert "cannot be decoded" in errors.loc[samples.question_id[1], "message"]
     assert "corrupt.png" in errors.loc[samples.question_id[1], "message"]
     assert "image not found" in errors.loc[samples.question_id[3], "message"]
-    assert (errors.stage == "load_image").all()
+    assert (errors.stage == "load_image").all() and (errors.kind == "data").all()
 
     again = halp("extract", "--model", model, cwd=workspace)
-    assert "6 already done, 0 to extract" in again.stderr
+    assert "6 already done, 0 earlier failures retried, 0 to extract" in again.stderr
+
+    # A data error stands until its input changes: replaced and restored images are extracted.
+    shutil.copy(workspace / samples.image_path[0], corrupt)
+    shutil.copy(workspace / samples.image_path[0], workspace / "demo/images/gone.png")
+    fixed = halp("extract", "--model", model, cwd=workspace)
+    assert "4 already done, 2 earlier failures retried, 2 to extract" in fixed.stderr
+    emb = open_embeddings(workspace / "embeddings" / model)
+    assert sorted(emb.meta.sample_id) == sorted(samples.question_id) and emb.errors.empty
+
+
+def test_runtime_failures_are_retried_on_the_next_run(workspace):
+    """A failure inside the model (here Qwen's processor refusing a 4000x8 image; out of memory alike)
+    may be transient, so it is recorded as "runtime" and tried again by the next run."""
+    model = "qwen2_vl"
+    samples = pd.read_csv(workspace / "sampled/samples.csv", dtype=str, keep_default_na=False).head(3)
+    Image.new("RGB", (4000, 8), "white").save(workspace / "demo/images/strip.png")
+    samples.loc[1, "image_path"] = str(workspace / "demo/images/strip.png")
+    samples.to_csv(workspace / "sampled/samples.csv", index=False)
+    halp("extract", "--model", model, cwd=workspace)
+    (error,) = open_embeddings(workspace / "embeddings" / model).errors.itertuples()
+    assert (error.sample_id, error.stage, error.kind) == (samples.question_id[1], "extract", "runtime")
+
+    again = halp("extract", "--model", model, cwd=workspace)
+    assert "2 already done, 1 earlier failures retried, 1 to extract" in again.stderr
+    emb = open_embeddings(workspace / "embeddings" / model)
+    assert len(emb.errors) == 1 and len(emb.meta) == 2, "the retried failure is reported once"
 
 
 def test_unknown_model_name_names_the_configured_ones(workspace):
@@ -111,3 +143,60 @@ def test_missing_sample_csv_says_which_stage_to_run(workspace):
     result = halp("extract", "--model", "qwen2_vl", cwd=workspace, check=False)
     assert result.returncode == 2
     assert "run `halp sample` first" in result.stderr
+
+
+def limit_file_size(size: int):
+    """preexec_fn: the kernel refuses to grow any file of the child past `size` bytes (EFBIG)."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+    return limit
+
+
+@pytest.mark.slow
+def test_a_disk_full_for_a_moment_loses_nothing_and_duplicates_nothing(workspace):
+    model = "qwen2_vl"
+    set_params(workspace, {"extract.write_retry_seconds": [5]})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "halp", "extract", "--model", model],
+        cwd=workspace,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=limit_file_size(4096),
+    )
+    for line in proc.stderr:
+        if "trying again in 5 s" in line:
+            break
+    assert "File too large" in line
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    _, rest = proc.communicate(timeout=300)
+    assert proc.returncode == 0, rest[-3000:]
+    emb = open_embeddings(workspace / "embeddings" / model)
+    assert len(emb.meta) == 24 and not emb.meta.sample_id.duplicated().any() and emb.errors.empty
+    assert not list((workspace / "embeddings" / model).glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_disk_full_for_good_stops_with_one_clear_message_and_resumes(workspace):
+    model = "qwen2_vl"
+    set_params(workspace, {"extract.write_retry_seconds": [0.1]})
+    folder = workspace / "embeddings" / model
+    stopped = subprocess.run(
+        [sys.executable, "-m", "halp", "extract", "--model", model],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size(4096),
+    )
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
+    assert "could not write embeddings/qwen2_vl/part-00000.h5" in stopped.stderr
+    assert "4 samples" in stopped.stderr and "File too large" in stopped.stderr
+    assert "extraction failed" not in stopped.stderr, "a write error is never a sample's error"
+    assert not list(folder.glob("part-*")) and not list(folder.glob("*.tmp"))
+
+    halp("extract", "--model", model, cwd=workspace)
+    emb = open_embeddings(folder)
+    assert len(emb.meta) == 24 and not emb.meta.sample_id.duplicated().any() and emb.errors.empty

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import resource
+import signal
+from contextlib import contextmanager
+
 import h5py
 import numpy as np
 import pytest
 
 from halp.store import open_embeddings
 from halp.store.export import export_per_question
-from halp.store.parts import PartBuffer, PartFolder, write_part
+from halp.store.parts import PartBuffer, PartFolder, PartWriteError, write_part
 
 LAYERS = [0, 5]
 H, D_VIS, K = 8, 4, 3
@@ -48,7 +52,7 @@ def write(folder, ids, errors=(), config_hash="abc", dtype="float32"):
     for i in ids:
         buffer.add(*sample_row(i))
     for i in errors:
-        buffer.fail(f"q{i}", "load_image", "broken")
+        buffer.fail(f"q{i}", "load_image", "broken", "data", "hash")
     path = PartFolder(folder, config_hash).next_part()
     folder.mkdir(parents=True, exist_ok=True)
     write_part(path, buffer, ATTRS | {"config_hash": config_hash}, dtype)
@@ -83,8 +87,7 @@ def test_prepare_drops_stale_parts_and_temp_files(tmp_path):
     (tmp_path / "part-00009.h5.tmp").write_bytes(b"half written")
     parts = PartFolder(tmp_path, "abc")
     parts.clean()
-    done = parts.done()
-    assert done == {"q0", "q1"}
+    assert parts.extracted() == {"q0", "q1"} and parts.failures() == {}
     assert [p.name for p in tmp_path.iterdir()] == ["part-00000.h5"]
 
 
@@ -139,3 +142,64 @@ def test_per_question_export_has_the_seed_layout(tmp_path):
         np.testing.assert_array_equal(
             group["query_token_representation/layer_5"][()], sample_row(1)[1]["query_token"][1]
         )
+
+
+ODD_ANSWERS = ["WV$\x00 assV$ ass", "\x00", "lone \ud800 surrogate", "é😀\u2028", "", "long " * 50_000]
+
+
+def test_any_answer_a_model_can_produce_round_trips_byte_exact(tmp_path):
+    buffer = PartBuffer()
+    for i, answer in enumerate(ODD_ANSWERS):
+        meta, arrays = sample_row(i)
+        buffer.add(meta | {"answer": answer, "question": answer[:50]}, arrays)
+    buffer.fail("q99", "extract", "RuntimeError: \x00 in a message", "runtime")
+    write_part(tmp_path / "part-00000.h5", buffer, ATTRS, "float32")
+    emb = open_embeddings(tmp_path)
+    assert emb.meta.answer.tolist() == ODD_ANSWERS
+    assert emb.meta.question.tolist() == [a[:50] for a in ODD_ANSWERS]
+    assert emb.errors.message.tolist() == ["RuntimeError: \x00 in a message"]
+
+
+def test_a_folder_with_duplicate_sample_ids_is_refused(tmp_path):
+    write(tmp_path, [0, 1])
+    write(tmp_path, [1, 2])
+    with pytest.raises(ValueError, match=r"1 sample ids in more than one row \(e.g. q1\).*delete the folder"):
+        open_embeddings(tmp_path).get("vision_only")
+
+
+def test_a_later_outcome_replaces_an_earlier_failure(tmp_path):
+    write(tmp_path, [0], errors=[1, 2])
+    write(tmp_path, [1], errors=[2])  # a later run extracted q1 and failed q2 again
+    emb = open_embeddings(tmp_path)
+    assert emb.meta.sample_id.tolist() == ["q0", "q1"]
+    assert emb.errors.sample_id.tolist() == ["q2"]
+    assert PartFolder(tmp_path, "abc").failures().keys() == {"q1", "q2"}
+
+
+@contextmanager
+def file_size_limit(size: int):
+    """A real write failure: the kernel refuses to grow any file of this process past `size` (EFBIG)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_failed_write_is_retried_then_stops_with_what_where_and_how_much(tmp_path, caplog):
+    buffer = PartBuffer()
+    for i in range(20):
+        buffer.add(*sample_row(i))
+    path = tmp_path / "part-00000.h5"
+    with file_size_limit(4096), pytest.raises(PartWriteError) as raised:
+        write_part(path, buffer, ATTRS, "float32", retry_seconds=[0, 0])
+    message = str(raised.value)
+    assert str(path) in message and "20 samples" in message and "MiB" in message and "free there" in message
+    assert "File too large" in message and "finished parts are kept" in message
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["could not write part-00000.h5"] * 2
+    assert list(tmp_path.iterdir()) == [], "no part and no .tmp is left"
+    write_part(path, buffer, ATTRS, "float32")  # the same buffer, written once the disk lets it
+    assert open_embeddings(tmp_path).meta.sample_id.tolist() == [f"q{i}" for i in range(20)]

@@ -25,6 +25,15 @@ log = logging.getLogger(__name__)
 PACKAGES = ("halp", *NUMERIC_PACKAGES)
 
 
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes, "" if it does not exist: a data error stands until this changes."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return ""
+
+
 def load_image(path: str) -> Image.Image:
     """The image as RGB, or an error that names the file and what is wrong with it."""
     try:
@@ -67,6 +76,7 @@ class ExtractionRun:
         self.rank = rank
         self.settings = params.model(model_name)
         self.top_k = params.extract.top_k
+        self.write_retry_seconds = params.extract.write_retry_seconds
         self.folder = params.extract.out_dir / model_name
         self.loaded = load_model(self.settings, rank.local)
         self.extractor = Extractor.configured(self.loaded, self.settings, self.top_k)
@@ -115,7 +125,9 @@ class ExtractionRun:
     def _flush(self) -> None:
         if len(self.buffer):
             path = self.parts.next_part()
-            write_part(path, self.buffer, self._attrs(), self.settings.storage_dtype)
+            write_part(
+                path, self.buffer, self._attrs(), self.settings.storage_dtype, self.write_retry_seconds
+            )
             log.info(
                 "wrote %s (%d samples, %d errors)", path.name, len(self.buffer.meta), len(self.buffer.errors)
             )
@@ -129,7 +141,11 @@ class ExtractionRun:
                 self._flush()
 
     def _extract(self, rows: pd.DataFrame) -> None:
-        """One batch; if it fails as a whole, each sample alone, so one bad sample costs only itself."""
+        """One batch; if it fails as a whole, each sample alone, so one bad sample costs only itself.
+
+        Only the model's work counts as a sample's failure: writing a part happens outside the `try`,
+        so a disk error stops the run instead of blaming (and duplicating) the samples.
+        """
         images, good = [], []
         for _, row in rows.iterrows():
             try:
@@ -137,34 +153,49 @@ class ExtractionRun:
                 good.append(row)
             except (FileNotFoundError, ValueError) as err:
                 log.warning("%s: %s", row.question_id, err)
-                self.buffer.fail(row.question_id, "load_image", str(err))
+                self.buffer.fail(row.question_id, "load_image", str(err), "data", file_digest(row.image_path))
         if not good:
             return
         good_rows = pd.DataFrame(good)
         try:
-            self._keep(
-                good_rows, self.extractor.run(self.extractor.prepare(images, list(good_rows.question)))
-            )
+            out = self.extractor.run(self.extractor.prepare(images, list(good_rows.question)))
         except Exception as err:
             if len(good_rows) == 1:
                 log.warning("%s: extraction failed: %s", good_rows.iloc[0].question_id, err)
-                self.buffer.fail(good_rows.iloc[0].question_id, "extract", f"{type(err).__name__}: {err}")
+                message = f"{type(err).__name__}: {err}"
+                self.buffer.fail(good_rows.iloc[0].question_id, "extract", message, "runtime")
                 return
             log.warning("batch failed (%s); retrying its samples one by one", err)
             for i in range(len(good_rows)):
                 self._extract(good_rows.iloc[i : i + 1])
+            return
+        self._keep(good_rows, out)
+
+    def _todo(self, shard: pd.DataFrame) -> pd.DataFrame:
+        """The shard minus extracted samples and data errors whose image is unchanged; runtime errors
+        (out of memory, a full disk) and data errors whose image changed are tried again."""
+        extracted, failures = self.parts.extracted(), self.parts.failures()
+        settled = {
+            row.question_id
+            for row in shard[shard.question_id.isin(failures)].itertuples()
+            if failures[row.question_id].get("kind", "data") == "data"
+            and failures[row.question_id].get("input_hash", "") == file_digest(row.image_path)
+        }
+        todo = shard[~shard.question_id.isin(extracted | settled)]
+        log.info(
+            "%s rank %d/%d: %d samples, %d already done, %d earlier failures retried, %d to extract",
+            *(self.name, self.rank.index, self.rank.world, len(shard), len(shard) - len(todo)),
+            todo.question_id.isin(failures).sum(),
+            len(todo),
+        )
+        return todo
 
     def run(self, samples: pd.DataFrame) -> None:
         """This process's shard: every world-th sample from its rank on, minus what any part holds."""
         if self.rank.is_main:
             self.parts.clean()
         self.rank.barrier()
-        shard = samples.iloc[self.rank.index :: self.rank.world]
-        todo = shard[~shard.question_id.isin(self.parts.done())]
-        log.info(
-            "%s rank %d/%d: %d samples, %d already done, %d to extract",
-            *(self.name, self.rank.index, self.rank.world, len(shard), len(shard) - len(todo), len(todo)),
-        )
+        todo = self._todo(samples.iloc[self.rank.index :: self.rank.world])
         with tqdm(total=len(todo), desc=f"extract {self.name}", unit="sample") as progress:
             for rows in _batches(todo, self.settings.batch_size):
                 self._extract(rows)

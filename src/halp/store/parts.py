@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import shutil
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,17 +18,21 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: text as UTF-8 bytes; errors carry their kind and input hash
 REPRESENTATIONS = ("vision_only", "vision_token", "query_token")
 ARRAYS = (*REPRESENTATIONS, "first_token_logprobs", "first_token_ids")
 TEXT_COLUMNS = ("sample_id", "image_id", "question", "ground_truth", "source", "category", "answer")
 INT_COLUMNS = ("vision_token_pos", "query_token_pos", "seq_len", "n_image_tokens", "n_generated_tokens")
-ERROR_COLUMNS = ("sample_id", "stage", "message")
+ERROR_COLUMNS = ("sample_id", "stage", "message", "kind", "input_hash")
 PART_GLOB = "part-*.h5"
 MANIFEST = "manifest.json"
 ROWS_PER_CHUNK = 256
 
-_text = h5py.string_dtype(encoding="utf-8")
+_utf8 = h5py.vlen_dtype(np.uint8)
+
+
+class PartWriteError(RuntimeError):
+    """A part could not be written even after retries: the run stops, finished parts stay as they are."""
 
 
 @dataclass
@@ -43,8 +51,31 @@ class PartBuffer:
         for name in ARRAYS:
             self.arrays[name].append(arrays[name])
 
-    def fail(self, sample_id: str, stage: str, message: str) -> None:
-        self.errors.append({"sample_id": sample_id, "stage": stage, "message": message})
+    def fail(self, sample_id: str, stage: str, message: str, kind: str, input_hash: str = "") -> None:
+        """kind "data": stands until the input (`input_hash`) changes; "runtime": retried next run."""
+        self.errors.append(
+            {
+                "sample_id": sample_id,
+                "stage": stage,
+                "message": message,
+                "kind": kind,
+                "input_hash": input_hash,
+            }
+        )
+
+
+def write_text(group: h5py.Group, name: str, values: Sequence[str]) -> None:
+    """Any string a model can produce, byte-exact: HDF5 strings end at a NUL, so text is stored as UTF-8
+    bytes, lone surrogates (from byte-level decoding) passed through."""
+    data = np.empty(len(values), dtype=object)
+    data[:] = [np.frombuffer(v.encode("utf-8", "surrogatepass"), dtype=np.uint8) for v in values]
+    group.create_dataset(name, data=data, dtype=_utf8)
+
+
+def read_text(dataset: h5py.Dataset) -> list[str]:
+    if h5py.check_vlen_dtype(dataset.dtype) == np.uint8:
+        return [v.tobytes().decode("utf-8", "surrogatepass") for v in dataset[()]]
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in dataset[()]]  # schema 1
 
 
 def _float_for_storage(name: str, values: np.ndarray, dtype: str, ids: list[str]) -> np.ndarray:
@@ -65,7 +96,7 @@ def _fill(f: h5py.File, buffer: PartBuffer, attrs: dict[str, Any], storage_dtype
     f.attrs["n_samples"] = len(buffer.meta)
     meta = f.create_group("meta")
     for column in TEXT_COLUMNS:
-        meta.create_dataset(column, data=[str(m[column]) for m in buffer.meta], dtype=_text)
+        write_text(meta, column, [str(m[column]) for m in buffer.meta])
     for column in INT_COLUMNS:
         meta.create_dataset(column, data=np.array([m[column] for m in buffer.meta], dtype=np.int64))
     ids = [m["sample_id"] for m in buffer.meta]
@@ -78,23 +109,66 @@ def _fill(f: h5py.File, buffer: PartBuffer, attrs: dict[str, Any], storage_dtype
         f.create_dataset(name, data=values, chunks=chunks)
     errors = f.create_group("errors")
     for column in ERROR_COLUMNS:
-        errors.create_dataset(column, data=[e[column] for e in buffer.errors], dtype=_text)
+        write_text(errors, column, [e[column] for e in buffer.errors])
 
 
-def write_part(path: Path, buffer: PartBuffer, attrs: dict[str, Any], storage_dtype: str) -> None:
-    """Write buffer to `path` atomically: a reader sees the whole part or none of it."""
+def encode_part(buffer: PartBuffer, attrs: dict[str, Any], storage_dtype: str) -> bytes:
+    """The whole part as HDF5 bytes, built in memory: a failing disk then meets plain bytes, never a
+    half-written HDF5 library state, and the size needed is known before writing."""
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        _fill(f, buffer, attrs, storage_dtype)
+    return image.getvalue()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     try:
-        with h5py.File(temporary, "w") as f:
-            _fill(f, buffer, attrs, storage_dtype)
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    os.replace(temporary, path)
 
 
-def read_text(dataset: h5py.Dataset) -> list[str]:
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in dataset[()]]
+def write_part(
+    path: Path,
+    buffer: PartBuffer,
+    attrs: dict[str, Any],
+    storage_dtype: str,
+    retry_seconds: Sequence[float] = (),
+) -> None:
+    """Write buffer to `path` atomically: a reader sees the whole part or none of it.
+
+    A failed write (disk full, quota, I/O error) is tried again after each of `retry_seconds`, then
+    raises PartWriteError saying what, where, how much space it needed and how to go on.
+    """
+    data = encode_part(buffer, attrs, storage_dtype)
+    for wait in [*retry_seconds, None]:
+        try:
+            _write_atomically(path, data)
+            return
+        except OSError as err:
+            if wait is None:
+                raise PartWriteError(_write_failure(path, len(data), len(buffer), err)) from err
+            log.warning("could not write %s (%s); trying again in %g s", path.name, err.strerror or err, wait)
+            time.sleep(wait)
+
+
+def _write_failure(path: Path, size: int, samples: int, err: OSError) -> str:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"could not write {path} ({size / 2**20:.1f} MiB, {samples} samples; {free}): "
+        f"{err.strerror or err}. Free space or fix the folder's permissions (or move extract.out_dir), "
+        "then run `halp extract` again: finished parts are kept, and the samples of this part are "
+        "extracted again."
+    )
 
 
 class PartFolder:
@@ -127,14 +201,24 @@ class PartFolder:
                 log.warning("removing %s: it was extracted with another configuration", part.name)
                 part.unlink()
 
-    def done(self) -> set[str]:
-        """Sample ids already in a part (extracted or failed)."""
+    def extracted(self) -> set[str]:
+        """Sample ids extracted in some part."""
         done: set[str] = set()
         for part in self.parts():
             with h5py.File(part, "r") as f:
                 done.update(read_text(f["meta/sample_id"]))
-                done.update(read_text(f["errors/sample_id"]))
         return done
+
+    def failures(self) -> dict[str, dict[str, str]]:
+        """The latest recorded failure of each sample id (parts of later runs have higher numbers)."""
+        latest: dict[str, dict[str, str]] = {}
+        for part in self.parts():
+            with h5py.File(part, "r") as f:
+                columns = {c: read_text(f[f"errors/{c}"]) for c in ERROR_COLUMNS if f"errors/{c}" in f}
+            for row in zip(*columns.values(), strict=True):
+                failure = dict(zip(columns, row, strict=True))
+                latest[failure["sample_id"]] = failure
+        return latest
 
     def next_part(self) -> Path:
         if self._next is None:

@@ -65,6 +65,12 @@ class Embeddings:
             frame["_part"], frame["_row"] = i, np.arange(len(frame))
             frames.append(frame)
         rows = pd.concat(frames, ignore_index=True)
+        if (twice := rows.sample_id[rows.sample_id.duplicated()]).any():
+            raise ValueError(
+                f"{self.folder} holds {twice.nunique()} sample ids in more than one row "
+                f"(e.g. {', '.join(twice.unique()[:3])}), so a faulty run wrote it: delete the folder and "
+                "run `halp extract` again"
+            )
         if self.manifest is not None:
             position = {sample_id: n for n, sample_id in enumerate(self.manifest["order"])}
             rows = rows[rows.sample_id.isin(position)]
@@ -78,11 +84,17 @@ class Embeddings:
 
     @cached_property
     def errors(self) -> pd.DataFrame:
+        """Samples whose latest attempt failed (a later run may have retried and extracted them)."""
         frames = []
         for part in self.parts:
             with h5py.File(part, "r") as f:
-                frames.append(pd.DataFrame({c: read_text(f[f"errors/{c}"]) for c in ERROR_COLUMNS}))
-        return pd.concat(frames, ignore_index=True)
+                frames.append(
+                    pd.DataFrame(
+                        {c: read_text(f[f"errors/{c}"]) for c in ERROR_COLUMNS if f"errors/{c}" in f}
+                    )
+                )
+        errors = pd.concat(frames, ignore_index=True).drop_duplicates("sample_id", keep="last")
+        return errors[~errors.sample_id.isin(self._rows.sample_id)].reset_index(drop=True)
 
     def get(self, representation: str, layer: int | None = None) -> np.ndarray:
         """[N, D] for `vision_only` (no layer), or [N, H] for `vision_token` / `query_token` at a layer.
