@@ -20,9 +20,9 @@ import yaml
 
 from halp.bench import engine
 from halp.config import load_params
+from halp.data.images import load_image
 from halp.data.sample import sample_dataset
 from halp.extract.engine import Extractor
-from halp.extract.run import load_image
 from halp.models.loading import load_model
 
 

@@ -12,8 +12,9 @@ import time
 import torch
 
 from halp.config import Params
+from halp.data.images import load_image
 from halp.extract.engine import Extractor, token_positions
-from halp.extract.run import load_image, read_samples
+from halp.extract.run import read_samples
 from halp.models.loading import LoadedModel, load_model
 
 

@@ -11,10 +11,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from halp.config import Params
+from halp.data.images import file_digest, load_image
 from halp.environment import NUMERIC_PACKAGES, warn_if_unlocked
 from halp.extract.distributed import Rank, process_group
 from halp.extract.engine import BatchOutput, Extractor
@@ -23,26 +23,6 @@ from halp.store.parts import ARRAYS, SCHEMA_VERSION, PartBuffer, PartFolder, wri
 
 log = logging.getLogger(__name__)
 PACKAGES = ("halp", *NUMERIC_PACKAGES)
-
-
-def file_digest(path: str) -> str:
-    """sha256 of a file's bytes, "" if it does not exist: a data error stands until this changes."""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except FileNotFoundError:
-        return ""
-
-
-def load_image(path: str) -> Image.Image:
-    """The image as RGB, or an error that names the file and what is wrong with it."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path} (check data.images_dir)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"image {path} cannot be decoded ({err}); replace or remove the file") from None
 
 
 def _batches(rows: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:

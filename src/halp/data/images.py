@@ -1,0 +1,72 @@
+"""An image file as the 8-bit RGB picture a VLM's processor expects, or an error saying what is wrong.
+
+PIL's `convert("RGB")` clips 16-bit and float pixels instead of scaling them (a 16-bit grayscale PNG
+becomes pure black and white, a float TIFF solid black) and drops alpha, showing whatever colour lies
+under transparent pixels (often black). Here high-bit-depth pixels are scaled to 8 bits, float pixels in
+[0, 1] are scaled, other float ranges are refused, and transparency is laid over white, as Qwen-VL's own
+image loader does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+BACKGROUND = (255, 255, 255)  # what transparent pixels show
+_SIXTEEN_BIT = 65535
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes, "" if it does not exist: a data error stands until this changes."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return ""
+
+
+def _to_eight_bit(image: Image.Image, path: str) -> Image.Image:
+    """16-bit integer pixels (modes I;16*, I) divided by 257; float pixels (F) in [0, 1] times 255."""
+    pixels = np.asarray(image, dtype=np.float64)
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if image.mode == "F":
+        if not np.isfinite(pixels).all() or low < 0 or high > 1:
+            raise ValueError(
+                f"image {path} has float pixels in [{low:g}, {high:g}], not [0, 1], so their brightness is "
+                "unknown; save it as an 8-bit (or 16-bit) image"
+            )
+        scaled = pixels * 255
+    else:
+        if low < 0 or high > _SIXTEEN_BIT:
+            raise ValueError(
+                f"image {path} has integer pixels in [{low:g}, {high:g}], beyond 16 bits; save it as an "
+                "8-bit or 16-bit image"
+            )
+        scaled = pixels / 257
+    return Image.fromarray(np.round(scaled).astype(np.uint8))  # 2-D uint8: mode L
+
+
+def to_rgb(image: Image.Image, path: str) -> Image.Image:
+    if image.mode in ("F", "I") or image.mode.startswith("I;16"):
+        image = _to_eight_bit(image, path)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, BACKGROUND)
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def load_image(path: str) -> Image.Image:
+    """The image as 8-bit RGB, or an error that names the file and what is wrong with it."""
+    try:
+        with Image.open(path) as image:
+            return to_rgb(image, path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path} (check data.images_dir)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"image {path} cannot be decoded ({err}); replace or remove the file") from None
