@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from halp.data.schema import repair_ground_truth
-from halp.label.judges import LLMJudge, RatioJudge, RulesJudge, polarity
+from halp.label.judges import LLMJudge, RatioJudge, RulesJudge, canonical_category, polarity
 from halp.label.run import label_answers, rates, read_overrides
 
 CASES = [
@@ -39,6 +39,13 @@ CASES = [
         "false_premise",
         True,
     ),
+    (  # HALP's category name, and a ground truth that is not a plain "No; ..."
+        "Is the forest lit by a full moon?",
+        "No, there is no full moon in the picture.",
+        "The forest is not lit by moonlight",
+        "false premises",
+        False,
+    ),
 ]
 
 
@@ -48,6 +55,11 @@ def test_rules_judge(question, answer, truth, category, hallucinated):
     verdict = RulesJudge()(question, answer, truth, category)
     assert verdict.hallucinated == hallucinated, verdict.reason
     assert verdict.reason
+
+
+def test_category_names_are_mapped_in_one_place():
+    assert canonical_category("False premises") == canonical_category("false-premise") == "false_premise"
+    assert canonical_category("Existence") == "existence"
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,14 @@ _NEGATION = re.compile(
 )
 _AFFIRMATION = re.compile(r"^(yes|yeah|yep|correct|true|indeed|certainly|sure)\b")
 _DENIAL = re.compile(r"^(no|nope|false|incorrect|not)\b")
+# HALP's data says "false premises"; the demo set "false_premise": one canonical name per category.
+CATEGORY_ALIASES = {"false_premises": "false_premise"}
+
+
+def canonical_category(category: str) -> str:
+    """Lower case, words joined by "_", known aliases mapped: "False premises" -> "false_premise"."""
+    name = re.sub(r"[\s-]+", "_", category.strip().lower())
+    return CATEGORY_ALIASES.get(name, name)
 
 
 def normalise(text: str) -> str:
@@ -54,7 +62,7 @@ class RulesJudge:
 
     def __call__(self, question: str, answer: str, ground_truth: str, category: str) -> Verdict:
         truth = normalise(ground_truth)
-        if category == "false_premise" or ground_truth.lower().startswith("no;"):
+        if canonical_category(category) == "false_premise" or ground_truth.lower().startswith("no;"):
             rejects = polarity(answer) == "no"
             return Verdict(
                 not rejects, "rejects the false premise" if rejects else "accepts the false premise"
