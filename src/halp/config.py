@@ -127,6 +127,9 @@ class ProbeSettings(_Section):
         None, ge=1, description="processes fitting probes, one representation each (null: one per core)"
     )
     out_dir: Path = Path("metrics/probes")
+    control_dir: Path = Field(
+        Path("data/controls"), description="`halp probe --control`'s results: beside, not among, the metrics"
+    )
 
 
 class ReportSettings(_Section):

@@ -65,7 +65,12 @@ def make_store(root, labels: np.ndarray, seed: int = 0) -> Params:
             "models": {"m": {"model": "unused"}},
             "extract": {"out_dir": str(root / "embeddings")},
             "label": {"out_dir": str(root / "labels")},
-            "probe": {"seeds": 3, "bootstrap": 50, "out_dir": str(root / "probes")},
+            "probe": {
+                "seeds": 3,
+                "bootstrap": 50,
+                "out_dir": str(root / "probes"),
+                "control_dir": str(root / "controls"),
+            },
         }
     )
 
@@ -123,7 +128,10 @@ def test_standardised_linear_equals_a_linear_layer_on_standardised_features():
 
 def test_shuffled_control_sits_near_chance(planted):
     _, params, _ = planted
-    report = json.loads(probe_model(params, "m", control="shuffled").read_text())
+    path = probe_model(params, "m", control="shuffled")
+    assert path == params.probe.control_dir / "m_shuffled.json"
+    assert sorted(p.name for p in params.probe.out_dir.iterdir()) == ["m.csv", "m.json"], "metrics untouched"
+    report = json.loads(path.read_text())
     assert report["control"] == "shuffled"
     assert abs(auroc(report, "query_token", PLANTED, "logistic") - 0.5) < 0.15
 
@@ -141,8 +149,11 @@ def test_degenerate_labels_give_a_message_not_a_crash(tmp_path):
     report = json.loads(probe_model(params, "m").read_text())
     assert report["status"] == "degenerate"
     assert "2 hallucinated and 238 correct answers" in report["message"]
-    write_report(["m"], params.probe.out_dir, tmp_path / "reports")
-    assert "2 hallucinated" in (tmp_path / "reports" / "report.md").read_text()
+    write_report(["m", "new"], params.probe.out_dir, tmp_path / "reports")
+    text = (tmp_path / "reports" / "report.md").read_text()
+    assert "| m | 240 | 2 hallucinated" in text
+    assert "| new | | not probed: run `halp probe --model new` |" in text
+    assert not (tmp_path / "reports" / "figures" / "m.png").exists()
 
 
 def test_grouped_splits_never_share_an_image_and_test_every_sample_once():

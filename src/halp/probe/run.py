@@ -146,12 +146,14 @@ def probe_model(params: Params, model_name: str, control: str | None = None) -> 
     except DegenerateLabels as err:
         log.warning("%s: no probes trained: %s", model_name, err)
         report |= {"status": "degenerate", "message": str(err)}
-    suffix = f"_{control}" if control else ""
-    out = settings.out_dir / f"{model_name}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    table.to_csv(settings.out_dir / f"{model_name}{suffix}.csv", index=False, lineterminator="\n")
-    return out
+    # A control is a sanity check, not a result: it stays out of the DVC-tracked metrics.
+    out_dir, name = (
+        (settings.control_dir, f"{model_name}_{control}") if control else (settings.out_dir, model_name)
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    table.to_csv(out_dir / f"{name}.csv", index=False, lineterminator="\n")
+    return out_dir / f"{name}.json"
 
 
 def _nest(rows: list[dict]) -> dict:

@@ -71,6 +71,12 @@ def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
         "|---|---|---|---|---|---|",
     ]
     for model in models:
+        if not (probes_dir / f"{model}.json").is_file():
+            log.warning(
+                "%s has no probe results in %s: run `halp probe --model %s`", model, probes_dir, model
+            )
+            lines.append(f"| {model} | | not probed: run `halp probe --model {model}` | | | |")
+            continue
         report = json.loads((probes_dir / f"{model}.json").read_text())
         rows = pd.read_csv(probes_dir / f"{model}.csv") if report["status"] == "ok" else pd.DataFrame()
         lines.append(table_row(model, report, rows))
