@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from halp.config import ConfigError, load_params
+from halp.models.loading import pick_device
 
 
 def test_repository_params_are_valid():
@@ -27,3 +29,40 @@ def test_every_problem_is_listed_with_its_place(tmp_path):
 def test_missing_params_file(tmp_path):
     with pytest.raises(ConfigError, match="--params"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path):
+    path = tmp_path / "my-params.yaml"
+    path.write_text("models:\n  m:\n    model: x\n    layers: [0, 1\n")
+    with pytest.raises(
+        ConfigError, match=r'my-params.yaml is not valid YAML(.|\n)*"[^"]*my-params.yaml", line'
+    ):
+        load_params(path)
+
+
+@pytest.mark.parametrize("layer", ["true", '"2"', "null"])
+def test_layers_must_be_numbers(tmp_path, layer):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"models:\n  m:\n    model: x\n    layers: [0, {layer}]\n")
+    with pytest.raises(ConfigError, match=r"neither a block index \(2, -1\) nor a fraction of depth"):
+        load_params(path)
+
+
+def test_unknown_devices_are_refused_before_loading(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("models:\n  m:\n    model: x\n    device: gpu\n")
+    with pytest.raises(ConfigError, match=r"device 'gpu' is not one of auto, cpu, cuda, cuda:N, mps"):
+        load_params(path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_says_what_to_use():
+    with pytest.raises(ConfigError, match=r"device 'cuda' is not available here .*use device: auto or cpu"):
+        pick_device("cuda")
+
+
+def test_unknown_model_names_the_params_file_in_use(tmp_path):
+    path = tmp_path / "other.yaml"
+    path.write_text("models:\n  m:\n    model: x\n")
+    with pytest.raises(ConfigError, match=r"unknown model name 'n': .*other.yaml configures m"):
+        load_params(path).model("n")

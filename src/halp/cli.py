@@ -163,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.handler(load_params(args.params), args)
+    except KeyboardInterrupt:
+        print(
+            f"halp {args.command}: interrupted. Finished work is kept (for extract: every complete part); "
+            "run the same command again to go on from there.",
+            file=sys.stderr,
+        )
+        return 130
     except subprocess.CalledProcessError as err:
         print(f"halp {args.command}: error: a worker failed ({err})", file=sys.stderr)
         return 1
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         KeyError,
         OverflowError,
         PartWriteError,
+        ConnectionError,
     ) as err:
         if args.verbose:
             raise

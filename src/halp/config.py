@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -48,6 +49,9 @@ class DataSettings(_Section):
     seed: int = 0
     drop_invalid: bool = False
     out: Path = Path("data/sampled/samples.csv")
+    rejected: Path = Field(
+        Path("data/sampled/rejected.csv"), description="rows left out by drop_invalid, each with its reason"
+    )
 
 
 Layer = int | float
@@ -69,6 +73,25 @@ class ModelSettings(_Section):
     checkpoint_interval: int = Field(256, ge=1)
     max_new_tokens: int = Field(32, ge=1)
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers_are_numbers(cls, layers: object) -> object:
+        """YAML's `true` and `"2"` would pass as 1 and 2 (and delete the parts of the real layers)."""
+        for layer in layers if isinstance(layers, list) else []:
+            if isinstance(layer, bool) or not isinstance(layer, int | float):
+                raise ValueError(
+                    f"layer {layer!r} is neither a block index (2, -1) nor a fraction of depth (0.5): "
+                    "write the number without quotes"
+                )
+        return layers
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+            raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return device
 
     @field_validator("layers")
     @classmethod
@@ -150,14 +173,15 @@ class Params(_Section):
     label: LabelSettings = LabelSettings()
     probe: ProbeSettings = ProbeSettings()
     report: ReportSettings = ReportSettings()
+    _source: Path = PrivateAttr(DEFAULT_PARAMS)  # the file these came from, for messages
 
     def model(self, name: str) -> ModelSettings:
         """The settings of one configured model, or an error naming the ones that exist."""
         if name not in self.models:
             known = ", ".join(sorted(self.models)) or "(none)"
             raise ConfigError(
-                f"unknown model name {name!r}: params.yaml configures {known}. "
-                f"Add a `models.{name}` entry to params.yaml or pick one of those."
+                f"unknown model name {name!r}: {self._source} configures {known}. "
+                f"Add a `models.{name}` entry to {self._source} or pick one of those."
             )
         return self.models[name]
 
@@ -167,11 +191,17 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found: run from the repository root or pass --params PATH")
-    raw = yaml.safe_load(path.read_text()) or {}
     try:
-        return Params.model_validate(raw)
+        with path.open() as f:  # a stream, so YAML's messages name the file
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML; fix it where this points:\n{err}") from None
+    try:
+        params = Params.model_validate(raw)
     except ValidationError as err:
         problems = "\n".join(
             f"  - {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors(include_url=False)
         )
         raise ConfigError(f"{path} is invalid:\n{problems}") from None
+    params._source = path
+    return params

@@ -36,7 +36,10 @@ def dataset(tmp_path):
 
 
 def settings(csv, images, tmp_path, **kw):
-    return DataSettings(csv=csv, images_dir=images, out=tmp_path / "out" / "samples.csv", **kw)
+    out = tmp_path / "out"
+    return DataSettings(
+        csv=csv, images_dir=images, out=out / "samples.csv", rejected=out / "rejected.csv", **kw
+    )
 
 
 @pytest.mark.parametrize(
@@ -47,7 +50,7 @@ def test_ground_truth_joined_by_comma_is_repaired(stored, expected, flag):
     assert repair_ground_truth(stored) == (expected, flag)
 
 
-def test_sampled_csv_flags_repaired_answers(dataset, tmp_path):
+def test_sampled_csv_flags_repaired_answers(dataset, tmp_path, caplog):
     csv, images = dataset
     table = pd.read_csv(csv)
     table.loc[3, "gt_answer"] = "n, o"
@@ -55,6 +58,18 @@ def test_sampled_csv_flags_repaired_answers(dataset, tmp_path):
     sample = sample_dataset(settings(csv, images, tmp_path, sample_size=100))
     row = sample.set_index("question_id").loc["question_comb_3"]
     assert row.gt_answer == "no" and row.gt_repaired
+    assert "repaired 1 ground truths" in caplog.text and "question_comb_3" in caplog.text
+
+
+def test_a_failed_sample_leaves_no_old_sample_behind(dataset, tmp_path):
+    csv, images = dataset
+    sample_dataset(settings(csv, images, tmp_path, sample_size=10))
+    out = tmp_path / "out"
+    assert pd.read_csv(out / "rejected.csv").empty, "written, with its header, even when nothing is left out"
+    pd.read_csv(csv).drop(columns="question").to_csv(csv, index=False)
+    with pytest.raises(DatasetError, match="lacks required column"):
+        sample_dataset(settings(csv, images, tmp_path, sample_size=10))
+    assert not (out / "samples.csv").exists() and not (out / "rejected.csv").exists()
 
 
 def test_stratified_sample_keeps_proportions_and_is_seeded(dataset, tmp_path):

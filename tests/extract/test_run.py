@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -200,3 +201,28 @@ def test_a_disk_full_for_good_stops_with_one_clear_message_and_resumes(workspace
     halp("extract", "--model", model, cwd=workspace)
     emb = open_embeddings(folder)
     assert len(emb.meta) == 24 and not emb.meta.sample_id.duplicated().any() and emb.errors.empty
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_was_kept_and_the_rerun_goes_on(workspace):
+    model = "qwen2_5_vl"
+    folder = workspace / "embeddings" / model
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "halp", "extract", "--model", model],
+        cwd=workspace,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    while not list(folder.glob("part-*.h5")):
+        assert proc.poll() is None, "extract ended before its first part"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "interrupted. Finished work is kept" in err and "run the same command again" in err
+    again = halp("extract", "--model", model, cwd=workspace)
+    assert "already done" in again.stderr
+    assert len(open_embeddings(folder).meta) == 24

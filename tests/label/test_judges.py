@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -140,3 +141,12 @@ def test_llm_judge_talks_to_an_openai_compatible_endpoint():
         server.shutdown()
     assert seen[0][0] == "/v1/chat/completions"
     assert seen[0][1]["model"] == "m" and seen[0][1]["temperature"] == 0
+
+
+def test_an_unreachable_llm_judge_names_the_setting_to_fix():
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    judge = LLMJudge(f"http://127.0.0.1:{port}/v1", "m", "{question}")
+    with pytest.raises(ConnectionError, match=r"cannot be reached .*label.llm.url.*label.judge: rules"):
+        judge("Is it red?", "Yes", "yes", "attribute")

@@ -49,20 +49,25 @@ def stratified_sample(table: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def sample_dataset(settings: DataSettings) -> pd.DataFrame:
-    """Validate the configured CSV, draw the sample and write it to settings.out."""
+    """Validate the configured CSV, draw the sample and write it to settings.out (and settings.rejected,
+    empty when nothing was left out). A failed run leaves neither, so no stage reads an old sample."""
+    for path in (settings.out, settings.rejected):
+        path.unlink(missing_ok=True)
     table, rejected = read_dataset(settings.csv, settings.images_dir, settings.columns, settings.drop_invalid)
+    for path in (settings.out, settings.rejected):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    rejected.to_csv(settings.rejected, index=False, lineterminator="\n")
     if len(rejected):
-        rejected_path = settings.out.with_name("rejected.csv")
-        rejected_path.parent.mkdir(parents=True, exist_ok=True)
-        rejected.to_csv(rejected_path, index=False, lineterminator="\n")
-        log.warning("left out %d invalid rows, listed with reasons in %s", len(rejected), rejected_path)
+        log.warning("left out %d invalid rows, listed with reasons in %s", len(rejected), settings.rejected)
     if table.gt_repaired.any():
+        repaired = table.question_id[table.gt_repaired]
         log.warning(
-            "repaired %d ground truths stored as ', '-joined characters (flagged in gt_repaired)",
-            int(table.gt_repaired.sum()),
+            "repaired %d ground truths stored as ', '-joined characters (flagged in gt_repaired): %s%s",
+            len(repaired),
+            ", ".join(repaired[:10]),
+            ", ..." if len(repaired) > 10 else "",
         )
     sample = stratified_sample(table, settings.sample_size, settings.seed)[SAMPLE_COLUMNS]
-    settings.out.parent.mkdir(parents=True, exist_ok=True)
     sample.to_csv(settings.out, index=False, lineterminator="\n")
     share = sample.is_relational.mean()
     log.info(

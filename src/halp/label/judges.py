@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from difflib import SequenceMatcher
@@ -106,8 +107,14 @@ class LLMJudge:
             headers={"Content-Type": "application/json"}
             | ({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
         )
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            reply = json.load(response)["choices"][0]["message"]["content"].strip()
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                reply = json.load(response)["choices"][0]["message"]["content"].strip()
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            raise ConnectionError(
+                f"the LLM judge at {self.url} cannot be reached ({getattr(err, 'reason', err)}): start it, "
+                "fix label.llm.url in params.yaml, or use label.judge: rules"
+            ) from None
         word = reply.upper().split()[0].strip(".:,") if reply else ""
         if word not in ("HALLUCINATED", "CORRECT"):
             raise ValueError(f"LLM judge replied {reply[:80]!r}; expected HALLUCINATED or CORRECT first")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoProcessor, PreTrainedModel
 
-from halp.config import ModelSettings
+from halp.config import ConfigError, ModelSettings
 from halp.models.adapter import Adapter, resolve
 from halp.models.registry import adapter_for
 
@@ -43,7 +43,11 @@ def pick_device(setting: str, local_rank: int = 0) -> torch.device:
     """auto: this process's GPU (LOCAL_RANK under a launcher) if there is one, else the CPU."""
     if setting == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
+    device = torch.device(setting)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        seen = f"{torch.cuda.device_count()} CUDA device(s)" if torch.version.cuda else "a CPU-only torch"
+        raise ConfigError(f"device {setting!r} is not available here ({seen}): use device: auto or cpu")
+    return device
 
 
 def pick_attention(setting: str, device: torch.device) -> str:
