@@ -61,6 +61,14 @@ def _extract(params: Params, args: argparse.Namespace) -> None:
     extract(params, args.model)
 
 
+def _fingerprint(params: Params, args: argparse.Namespace) -> None:
+    from halp.models.fingerprint import write_fingerprint
+
+    settings = params.model(args.model)
+    out = params.extract.fingerprint_dir / f"{args.model}.json"
+    log.info("fingerprint -> %s", write_fingerprint(settings.model, settings.revision, out))
+
+
 def _label(params: Params, args: argparse.Namespace) -> None:
     from halp.label.run import label_model
 
@@ -131,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("report", _report, "probe table and AUROC-by-layer plots for every model (params: report)")
     command("sample", _sample, "validate the dataset CSV and draw the sample (params: data)")
     for name, handler, text in (
+        ("fingerprint", _fingerprint, "write what identifies one model's weights (a DVC dependency)"),
         ("extract", _extract, "extract representations and answers for one model"),
         ("summarize", _summarize, "write metrics/summary/<model>.json"),
         ("label", _label, "judge every extracted answer: hallucinated or not (params: label)"),

@@ -109,6 +109,10 @@ class ModelSettings(_Section):
 
 class ExtractSettings(_Section):
     out_dir: Path = Path("data/embeddings")
+    fingerprint_dir: Path = Field(
+        Path("data/fingerprints"),
+        description="`halp fingerprint`: one file per model, changed with its weights",
+    )
     top_k: int = Field(5, ge=1)
     launcher: Literal["none", "torchrun", "accelerate"] = Field(
         "none", description="`halp extract` starts `processes` data-parallel workers itself through it"

@@ -226,3 +226,29 @@ def test_ctrl_c_says_what_was_kept_and_the_rerun_goes_on(workspace):
     again = halp("extract", "--model", model, cwd=workspace)
     assert "already done" in again.stderr
     assert len(open_embeddings(folder).meta) == 24
+
+
+def test_a_replaced_image_is_extracted_again_and_only_it(workspace):
+    model = "qwen2_vl"
+    set_params(workspace, {"data.sample_size": 8})
+    halp("sample", cwd=workspace)
+    halp("extract", "--model", model, cwd=workspace)
+    folder = workspace / "embeddings" / model
+    before = open_embeddings(folder)
+    old_vf = dict(zip(before.meta.sample_id, before.get("vision_only"), strict=True))
+    image = before.meta.image_id[0]
+    Image.new("RGB", (64, 64), "purple").save(workspace / "demo/images" / image)
+
+    halp("sample", cwd=workspace)  # what `dvc repro` does first: the sample's image hashes change
+    result = halp("extract", "--model", model, cwd=workspace)
+    changed = set(before.meta.sample_id[before.meta.image_id == image])
+    assert f"{len(changed)} samples' images changed since they were extracted" in result.stderr
+    after = open_embeddings(folder)
+    assert len(after.meta) == 8 and not after.meta.sample_id.duplicated().any()
+    new_vf = dict(zip(after.meta.sample_id, after.get("vision_only"), strict=True))
+    for sample_id, values in new_vf.items():
+        assert np.array_equal(values, old_vf[sample_id]) != (sample_id in changed), sample_id
+    samples = pd.read_csv(workspace / "sampled/samples.csv", dtype=str).set_index("question_id")
+    assert (
+        after.meta.set_index("sample_id").image_sha256 == samples.image_sha256[after.meta.sample_id]
+    ).all()

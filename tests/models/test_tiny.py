@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from halp.config import ModelSettings
-from halp.models.loading import load_model, model_fingerprint
+from halp.models.fingerprint import model_fingerprint
+from halp.models.loading import load_model
 from halp.models.synthetic import build_synthetic
 from tests.conftest import ARCHS
 

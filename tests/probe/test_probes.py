@@ -34,6 +34,7 @@ def make_store(root, labels: np.ndarray, seed: int = 0) -> Params:
             {
                 "sample_id": f"q{i}",
                 "image_id": f"img{i // PER_IMAGE}",
+                "image_sha256": "",
                 "question": "?",
                 "ground_truth": "yes",
                 "source": "s",

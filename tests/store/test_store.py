@@ -23,6 +23,7 @@ def sample_row(i: int) -> tuple[dict, dict]:
     meta = {
         "sample_id": f"q{i}",
         "image_id": f"img{i % 3}.png",
+        "image_sha256": f"sha{i % 3}",
         "question": f"question {i}?",
         "ground_truth": "yes",
         "source": "demo",
@@ -44,7 +45,7 @@ def sample_row(i: int) -> tuple[dict, dict]:
     return meta, arrays
 
 
-ATTRS = {"config_hash": "abc", "layers": LAYERS, "model_name": "m"}
+ATTRS = {"config_hash": "abc", "layers": LAYERS, "model_name": "m", "storage_dtype": "float32"}
 
 
 def write(folder, ids, errors=(), config_hash="abc", dtype="float32"):
@@ -87,7 +88,7 @@ def test_prepare_drops_stale_parts_and_temp_files(tmp_path):
     (tmp_path / "part-00009.h5.tmp").write_bytes(b"half written")
     parts = PartFolder(tmp_path, "abc")
     parts.clean()
-    assert parts.extracted() == {"q0", "q1"} and parts.failures() == {}
+    assert parts.extracted() == {"q0": "sha0", "q1": "sha1"} and parts.failures() == {}
     assert [p.name for p in tmp_path.iterdir()] == ["part-00000.h5"]
 
 
@@ -203,3 +204,21 @@ def test_a_failed_write_is_retried_then_stops_with_what_where_and_how_much(tmp_p
     assert list(tmp_path.iterdir()) == [], "no part and no .tmp is left"
     write_part(path, buffer, ATTRS, "float32")  # the same buffer, written once the disk lets it
     assert open_embeddings(tmp_path).meta.sample_id.tolist() == [f"q{i}" for i in range(20)]
+
+
+def test_dropped_rows_leave_by_a_rewrite_that_survives_a_kill_midway(tmp_path):
+    write(tmp_path, [0, 1, 2])
+    write(tmp_path, [3, 4], errors=[5])
+    before = {f"q{i}": sample_row(i)[1]["query_token"][1] for i in (0, 2, 3, 4)}
+    original = (tmp_path / "part-00000.h5").read_bytes()
+    PartFolder(tmp_path, "abc").drop_rows({"q1"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00001.h5", "part-00002.h5"]
+    emb = open_embeddings(tmp_path)
+    assert sorted(emb.meta.sample_id) == sorted(before) and emb.errors.sample_id.tolist() == ["q5"]
+    for sample_id, values in zip(emb.meta.sample_id, emb.get("query_token", 5), strict=True):
+        np.testing.assert_array_equal(values, before[sample_id])
+
+    (tmp_path / "part-00000.h5").write_bytes(original)  # as if killed before the old part was removed
+    assert sorted(open_embeddings(tmp_path).meta.sample_id) == sorted(before), "the replaced part is ignored"
+    PartFolder(tmp_path, "abc").clean()
+    assert not (tmp_path / "part-00000.h5").exists()

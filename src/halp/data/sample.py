@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from halp.config import DataSettings
+from halp.data.images import file_digest
 from halp.data.schema import read_dataset
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,7 @@ SAMPLE_COLUMNS = [
     "question_id",
     "image_name",
     "image_path",
+    "image_sha256",
     "question",
     "gt_answer",
     "gt_repaired",
@@ -67,7 +69,10 @@ def sample_dataset(settings: DataSettings) -> pd.DataFrame:
             ", ".join(repaired[:10]),
             ", ..." if len(repaired) > 10 else "",
         )
-    sample = stratified_sample(table, settings.sample_size, settings.seed)[SAMPLE_COLUMNS]
+    sample = stratified_sample(table, settings.sample_size, settings.seed)
+    # The images' content, so a replaced image changes this file and DVC and `halp extract` redo it.
+    sample["image_sha256"] = sample.image_path.map(file_digest)
+    sample = sample[SAMPLE_COLUMNS]
     sample.to_csv(settings.out, index=False, lineterminator="\n")
     share = sample.is_relational.mean()
     log.info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -18,7 +19,8 @@ from halp.data.images import file_digest, load_image
 from halp.environment import NUMERIC_PACKAGES, warn_if_unlocked
 from halp.extract.distributed import Rank, process_group
 from halp.extract.engine import BatchOutput, Extractor
-from halp.models.loading import load_model, model_fingerprint
+from halp.models.fingerprint import model_fingerprint
+from halp.models.loading import load_model
 from halp.store.parts import ARRAYS, SCHEMA_VERSION, PartBuffer, PartFolder, write_part
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ def _meta(row: pd.Series, out: BatchOutput, i: int) -> dict:
     return {
         "sample_id": row.question_id,
         "image_id": row.image_name,
+        "image_sha256": row.image_sha256,
         "question": row.question,
         "ground_truth": row.gt_answer,
         "source": row.dataset,
@@ -133,7 +136,7 @@ class ExtractionRun:
                 good.append(row)
             except (FileNotFoundError, ValueError) as err:
                 log.warning("%s: %s", row.question_id, err)
-                self.buffer.fail(row.question_id, "load_image", str(err), "data", file_digest(row.image_path))
+                self.buffer.fail(row.question_id, "load_image", str(err), "data", row.image_sha256)
         if not good:
             return
         good_rows = pd.DataFrame(good)
@@ -151,6 +154,20 @@ class ExtractionRun:
             return
         self._keep(good_rows, out)
 
+    def _drop_changed_images(self, samples: pd.DataFrame) -> None:
+        """Rows extracted from an image whose content has changed since are dropped, to be redone."""
+        extracted = self.parts.extracted()
+        changed = {
+            row.question_id
+            for row in samples.itertuples()
+            if extracted.get(row.question_id, row.image_sha256) != row.image_sha256
+        }
+        if changed:
+            log.warning(
+                "%d samples' images changed since they were extracted: extracting them again", len(changed)
+            )
+            self.parts.drop_rows(changed)
+
     def _todo(self, shard: pd.DataFrame) -> pd.DataFrame:
         """The shard minus extracted samples and data errors whose image is unchanged; runtime errors
         (out of memory, a full disk) and data errors whose image changed are tried again."""
@@ -159,9 +176,9 @@ class ExtractionRun:
             row.question_id
             for row in shard[shard.question_id.isin(failures)].itertuples()
             if failures[row.question_id].get("kind", "data") == "data"
-            and failures[row.question_id].get("input_hash", "") == file_digest(row.image_path)
+            and failures[row.question_id].get("input_hash", "") == row.image_sha256
         }
-        todo = shard[~shard.question_id.isin(extracted | settled)]
+        todo = shard[~shard.question_id.isin(extracted.keys() | settled)]
         log.info(
             "%s rank %d/%d: %d samples, %d already done, %d earlier failures retried, %d to extract",
             *(self.name, self.rank.index, self.rank.world, len(shard), len(shard) - len(todo)),
@@ -172,8 +189,11 @@ class ExtractionRun:
 
     def run(self, samples: pd.DataFrame) -> None:
         """This process's shard: every world-th sample from its rank on, minus what any part holds."""
+        # The images as they are now (the sampled CSV's hashes may predate a replaced file).
+        samples = samples.assign(image_sha256=samples.image_path.map(functools.cache(file_digest)))
         if self.rank.is_main:
             self.parts.clean()
+            self._drop_changed_images(samples)
         self.rank.barrier()
         todo = self._todo(samples.iloc[self.rank.index :: self.rank.world])
         with tqdm(total=len(todo), desc=f"extract {self.name}", unit="sample") as progress:

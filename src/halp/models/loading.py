@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +15,6 @@ from halp.models.adapter import Adapter, resolve
 from halp.models.registry import adapter_for
 
 log = logging.getLogger(__name__)
-FULL_HASH_LIMIT = 1 << 30  # local folders up to 1 GiB are fingerprinted by content, larger ones by name+size
 
 
 @dataclass
@@ -57,21 +54,6 @@ def pick_attention(setting: str, device: torch.device) -> str:
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
-
-
-def model_fingerprint(source: str, revision: str | None) -> str:
-    """What identifies the weights: a local folder's content (so a rebuilt tiny model invalidates old
-    embeddings), or a hub id at its revision."""
-    folder = Path(source)
-    if not folder.is_dir():
-        return f"{source}@{revision or 'main'}"
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    content = sum(p.stat().st_size for p in files) <= FULL_HASH_LIMIT
-    for path in files:
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(path.read_bytes() if content else str(path.stat().st_size).encode())
-    return f"sha256:{digest.hexdigest()}"
 
 
 def load_model(settings: ModelSettings, local_rank: int = 0) -> LoadedModel:

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # 2: text as UTF-8 bytes; errors carry their kind and input hash
 REPRESENTATIONS = ("vision_only", "vision_token", "query_token")
 ARRAYS = (*REPRESENTATIONS, "first_token_logprobs", "first_token_ids")
-TEXT_COLUMNS = ("sample_id", "image_id", "question", "ground_truth", "source", "category", "answer")
+TEXT_COLUMNS = (
+    "sample_id", "image_id", "image_sha256", "question", "ground_truth", "source", "category", "answer"
+)  # fmt: skip
 INT_COLUMNS = ("vision_token_pos", "query_token_pos", "seq_len", "n_image_tokens", "n_generated_tokens")
 ERROR_COLUMNS = ("sample_id", "stage", "message", "kind", "input_hash")
 PART_GLOB = "part-*.h5"
@@ -112,6 +114,24 @@ def _fill(f: h5py.File, buffer: PartBuffer, attrs: dict[str, Any], storage_dtype
         write_text(errors, column, [e[column] for e in buffer.errors])
 
 
+def read_part(path: Path) -> tuple[dict[str, Any], PartBuffer]:
+    """A part's attrs and rows, as written: enough to write it again without some rows."""
+    buffer = PartBuffer()
+    with h5py.File(path, "r") as f:
+        attrs = {key: value for key, value in f.attrs.items() if key != "n_samples"}
+        columns = {c: read_text(f[f"meta/{c}"]) for c in TEXT_COLUMNS} | {
+            c: f[f"meta/{c}"][()].tolist() for c in INT_COLUMNS
+        }
+        arrays = {name: f[name][()] for name in ARRAYS if name in f}
+        buffer.errors = [
+            dict(zip(ERROR_COLUMNS, row, strict=True))
+            for row in zip(*(read_text(f[f"errors/{c}"]) for c in ERROR_COLUMNS), strict=True)
+        ]
+    for i in range(len(columns["sample_id"])):
+        buffer.add({c: values[i] for c, values in columns.items()}, {n: a[i] for n, a in arrays.items()})
+    return attrs, buffer
+
+
 def encode_part(buffer: PartBuffer, attrs: dict[str, Any], storage_dtype: str) -> bytes:
     """The whole part as HDF5 bytes, built in memory: a failing disk then meets plain bytes, never a
     half-written HDF5 library state, and the size needed is known before writing."""
@@ -171,6 +191,15 @@ def _write_failure(path: Path, size: int, samples: int, err: OSError) -> str:
     )
 
 
+def replaced_parts(parts: list[Path]) -> list[Path]:
+    """Parts that a rewritten part replaces (still there when a run was killed mid-rewrite)."""
+    names = set()
+    for part in parts:
+        with h5py.File(part, "r") as f:
+            names.add(str(f.attrs.get("replaces", "")))
+    return [part for part in parts if part.name in names]
+
+
 class PartFolder:
     """A model's folder of parts: finds finished work, drops stale parts, names the next part.
 
@@ -194,6 +223,9 @@ class PartFolder:
             log.info("removing incomplete %s left by an interrupted run", leftover.name)
             leftover.unlink()
         (self.folder / MANIFEST).unlink(missing_ok=True)
+        for replaced in replaced_parts(self.parts()):
+            log.info("removing %s: a rewritten copy without its stale rows replaces it", replaced.name)
+            replaced.unlink()
         for part in self.parts():
             with h5py.File(part, "r") as f:
                 stale = f.attrs.get("config_hash") != self.config_hash
@@ -201,13 +233,37 @@ class PartFolder:
                 log.warning("removing %s: it was extracted with another configuration", part.name)
                 part.unlink()
 
-    def extracted(self) -> set[str]:
-        """Sample ids extracted in some part."""
-        done: set[str] = set()
+    def extracted(self) -> dict[str, str]:
+        """Sample id -> the sha256 of the image it was extracted from, for every extracted sample."""
+        done: dict[str, str] = {}
         for part in self.parts():
             with h5py.File(part, "r") as f:
-                done.update(read_text(f["meta/sample_id"]))
+                hashes = read_text(f["meta/image_sha256"]) if "meta/image_sha256" in f else None
+                ids = read_text(f["meta/sample_id"])
+            done.update(zip(ids, hashes or [""] * len(ids), strict=True))
         return done
+
+    def drop_rows(self, sample_ids: set[str]) -> None:
+        """Rewrite every part holding these samples without them (one process only). The rewrite names
+        the part it replaces, so a kill between writing it and removing the old one loses nothing: the
+        reader ignores the old part and the next `clean` removes it."""
+        for part in self.parts():
+            attrs, buffer = read_part(part)
+            keep = [i for i, m in enumerate(buffer.meta) if m["sample_id"] not in sample_ids]
+            if len(keep) == len(buffer.meta):
+                continue
+            kept = PartBuffer(errors=buffer.errors)
+            for i in keep:
+                kept.add(buffer.meta[i], {name: rows[i] for name, rows in buffer.arrays.items()})
+            rewrite = self.next_part()
+            write_part(rewrite, kept, attrs | {"replaces": part.name}, str(attrs["storage_dtype"]))
+            part.unlink()
+            log.info(
+                "%s: %d stale rows dropped, rewritten as %s",
+                part.name,
+                len(buffer.meta) - len(keep),
+                rewrite.name,
+            )
 
     def failures(self) -> dict[str, dict[str, str]]:
         """The latest recorded failure of each sample id (parts of later runs have higher numbers)."""

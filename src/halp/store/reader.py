@@ -19,6 +19,7 @@ from halp.store.parts import (
     REPRESENTATIONS,
     TEXT_COLUMNS,
     read_text,
+    replaced_parts,
 )
 
 
@@ -28,7 +29,9 @@ class Embeddings:
 
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
-        self.parts = sorted(self.folder.glob(PART_GLOB))
+        found = sorted(self.folder.glob(PART_GLOB))
+        replaced = replaced_parts(found)  # a rewrite was interrupted before the old part was removed
+        self.parts = [part for part in found if part not in replaced]
         if not self.parts:
             raise FileNotFoundError(
                 f"no part files in {self.folder}: run `halp extract --model NAME` (or `dvc pull`) first"
@@ -59,7 +62,7 @@ class Embeddings:
         frames = []
         for i, part in enumerate(self.parts):
             with h5py.File(part, "r") as f:
-                columns = {c: read_text(f[f"meta/{c}"]) for c in TEXT_COLUMNS}
+                columns = {c: read_text(f[f"meta/{c}"]) for c in TEXT_COLUMNS if f"meta/{c}" in f}
                 columns |= {c: f[f"meta/{c}"][()] for c in INT_COLUMNS}
             frame = pd.DataFrame(columns)
             frame["_part"], frame["_row"] = i, np.arange(len(frame))
