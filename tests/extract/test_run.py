@@ -136,6 +136,7 @@ def test_layer_out_of_range_says_the_valid_range(workspace):
     assert result.returncode == 2
     assert "layer 4 is out of range" in result.stderr
     assert "has 4 decoder blocks: use 0..3, -4..-1, or a fraction in [0, 1]" in result.stderr
+    assert "Loading weights" not in result.stderr, "checked against the config, before the weights load"
     assert not list((workspace / "embeddings").glob("*/part-*.h5"))
 
 
@@ -252,3 +253,12 @@ def test_a_replaced_image_is_extracted_again_and_only_it(workspace):
     assert (
         after.meta.set_index("sample_id").image_sha256 == samples.image_sha256[after.meta.sample_id]
     ).all()
+
+
+def test_repaired_ground_truths_are_flagged_in_the_embeddings(workspace):
+    samples = pd.read_csv(workspace / "sampled/samples.csv", dtype=str, keep_default_na=False).head(2)
+    samples.loc[0, "gt_repaired"] = "True"
+    samples.to_csv(workspace / "sampled/samples.csv", index=False)
+    halp("extract", "--model", "qwen2_vl", cwd=workspace)
+    meta = open_embeddings(workspace / "embeddings/qwen2_vl").meta.set_index("sample_id")
+    assert meta.gt_repaired[samples.question_id].tolist() == [True, False]

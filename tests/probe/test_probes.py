@@ -40,6 +40,7 @@ def make_store(root, labels: np.ndarray, seed: int = 0) -> Params:
                 "source": "s",
                 "category": "c",
                 "answer": "a",
+                "gt_repaired": 0,
                 "vision_token_pos": 1,
                 "query_token_pos": 2,
                 "seq_len": 3,

@@ -29,6 +29,7 @@ def sample_row(i: int) -> tuple[dict, dict]:
         "source": "demo",
         "category": "existence",
         "answer": f"answer {i}",
+        "gt_repaired": 0,
         "vision_token_pos": 4,
         "query_token_pos": 20 + i,
         "seq_len": 21 + i,

@@ -39,6 +39,7 @@ def _meta(row: pd.Series, out: BatchOutput, i: int) -> dict:
         "image_sha256": row.image_sha256,
         "question": row.question,
         "ground_truth": row.gt_answer,
+        "gt_repaired": int(row.gt_repaired == "True"),  # the sampler repaired a ", "-joined ground truth
         "source": row.dataset,
         "category": row.category,
         "answer": out.answers[i],

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, AutoProcessor, PreTrainedModel
 
 from halp.config import ConfigError, ModelSettings
+from halp.extract.layers import resolve_layers
 from halp.models.adapter import Adapter, resolve
 from halp.models.registry import adapter_for
 
@@ -67,6 +68,8 @@ def load_model(settings: ModelSettings, local_rank: int = 0) -> LoadedModel:
             "(offline: download it first, e.g. `hf download ID`)."
         ) from err
     adapter = adapter_for(config.model_type, source)
+    # Layers out of range fail here, from the config, before gigabytes of weights load.
+    resolve_layers(settings.layers, getattr(config, "text_config", config).num_hidden_layers, source)
     device = pick_device(settings.device, local_rank)
     dtype = getattr(torch, settings.dtype)
     attention = pick_attention(settings.attn_implementation, device)

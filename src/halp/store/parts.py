@@ -24,7 +24,9 @@ ARRAYS = (*REPRESENTATIONS, "first_token_logprobs", "first_token_ids")
 TEXT_COLUMNS = (
     "sample_id", "image_id", "image_sha256", "question", "ground_truth", "source", "category", "answer"
 )  # fmt: skip
-INT_COLUMNS = ("vision_token_pos", "query_token_pos", "seq_len", "n_image_tokens", "n_generated_tokens")
+INT_COLUMNS = (
+    "gt_repaired", "vision_token_pos", "query_token_pos", "seq_len", "n_image_tokens", "n_generated_tokens"
+)  # fmt: skip
 ERROR_COLUMNS = ("sample_id", "stage", "message", "kind", "input_hash")
 PART_GLOB = "part-*.h5"
 MANIFEST = "manifest.json"

@@ -63,8 +63,10 @@ class Embeddings:
         for i, part in enumerate(self.parts):
             with h5py.File(part, "r") as f:
                 columns = {c: read_text(f[f"meta/{c}"]) for c in TEXT_COLUMNS if f"meta/{c}" in f}
-                columns |= {c: f[f"meta/{c}"][()] for c in INT_COLUMNS}
+                columns |= {c: f[f"meta/{c}"][()] for c in INT_COLUMNS if f"meta/{c}" in f}
             frame = pd.DataFrame(columns)
+            if "gt_repaired" in frame:
+                frame["gt_repaired"] = frame.gt_repaired.astype(bool)
             frame["_part"], frame["_row"] = i, np.arange(len(frame))
             frames.append(frame)
         rows = pd.concat(frames, ignore_index=True)
