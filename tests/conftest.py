@@ -65,29 +65,34 @@ def mixed_batch():
     return [random_image(h, w, seed=i) for i, ((h, w), _) in enumerate(MIXED)], [q for _, q in MIXED]
 
 
-def halp(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real `halp` console entry in a subprocess."""
+def halp(*args: str, cwd: Path, check: bool = True, **options) -> subprocess.CompletedProcess:
+    """Run the real `halp` console entry in a subprocess (options: subprocess.run's, e.g. preexec_fn)."""
     result = subprocess.run(
-        [sys.executable, "-m", "halp", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "halp", *args], cwd=cwd, capture_output=True, text=True, timeout=600, **options
     )
     if check and result.returncode != 0:
         raise AssertionError(f"halp {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result
 
 
-def kill_after_first_part(model: str, folder: Path, cwd: Path) -> None:
-    """Start `halp extract` (and any workers it launches) and SIGKILL them all once a part exists."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "halp", "extract", "--model", model],
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+def start_extract(model: str, cwd: Path, **options) -> subprocess.Popen:
+    """`halp extract` in the background (options: Popen's; stdout is discarded, stderr too by default)."""
+    options = {"stderr": subprocess.DEVNULL} | options
+    command = [sys.executable, "-m", "halp", "extract", "--model", model]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, **options)
+
+
+def wait_for_first_part(proc: subprocess.Popen, folder: Path) -> None:
     deadline = time.monotonic() + 180
     while not list(folder.glob("part-*.h5")):
         assert proc.poll() is None and time.monotonic() < deadline, "extract ended before its first part"
         time.sleep(0.005)
+
+
+def kill_after_first_part(model: str, folder: Path, cwd: Path) -> None:
+    """Start `halp extract` (and any workers it launches) and SIGKILL them all once a part exists."""
+    proc = start_extract(model, cwd, start_new_session=True)
+    wait_for_first_part(proc, folder)
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (folder / "manifest.json").exists()

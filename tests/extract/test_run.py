@@ -6,8 +6,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -17,7 +15,7 @@ import pytest
 from PIL import Image
 
 from halp.store import open_embeddings
-from tests.conftest import halp, kill_after_first_part, set_params
+from tests.conftest import halp, kill_after_first_part, set_params, start_extract, wait_for_first_part
 
 ARRAYS = ["vision_only", "first_token_logprobs"]
 
@@ -161,13 +159,8 @@ def limit_file_size(size: int):
 def test_a_disk_full_for_a_moment_loses_nothing_and_duplicates_nothing(workspace):
     model = "qwen2_vl"
     set_params(workspace, {"extract.write_retry_seconds": [5]})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "halp", "extract", "--model", model],
-        cwd=workspace,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=limit_file_size(4096),
+    proc = start_extract(
+        model, workspace, stderr=subprocess.PIPE, text=True, preexec_fn=limit_file_size(4096)
     )
     for line in proc.stderr:
         if "trying again in 5 s" in line:
@@ -186,13 +179,7 @@ def test_a_disk_full_for_good_stops_with_one_clear_message_and_resumes(workspace
     model = "qwen2_vl"
     set_params(workspace, {"extract.write_retry_seconds": [0.1]})
     folder = workspace / "embeddings" / model
-    stopped = subprocess.run(
-        [sys.executable, "-m", "halp", "extract", "--model", model],
-        cwd=workspace,
-        capture_output=True,
-        text=True,
-        preexec_fn=limit_file_size(4096),
-    )
+    stopped = halp("extract", "--model", model, cwd=workspace, check=False, preexec_fn=limit_file_size(4096))
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
     assert "could not write embeddings/qwen2_vl/part-00000.h5" in stopped.stderr
     assert "4 samples" in stopped.stderr and "File too large" in stopped.stderr
@@ -208,16 +195,8 @@ def test_a_disk_full_for_good_stops_with_one_clear_message_and_resumes(workspace
 def test_ctrl_c_says_what_was_kept_and_the_rerun_goes_on(workspace):
     model = "qwen2_5_vl"
     folder = workspace / "embeddings" / model
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "halp", "extract", "--model", model],
-        cwd=workspace,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    while not list(folder.glob("part-*.h5")):
-        assert proc.poll() is None, "extract ended before its first part"
-        time.sleep(0.01)
+    proc = start_extract(model, workspace, stderr=subprocess.PIPE, text=True)
+    wait_for_first_part(proc, folder)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     if proc.returncode == 0:
