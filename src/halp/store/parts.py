@@ -250,10 +250,11 @@ class PartFolder:
         the part it replaces, so a kill between writing it and removing the old one loses nothing: the
         reader ignores the old part and the next `clean` removes it."""
         for part in self.parts():
+            with h5py.File(part, "r") as f:
+                if sample_ids.isdisjoint(read_text(f["meta/sample_id"])):
+                    continue  # only the parts that hold them are read whole
             attrs, buffer = read_part(part)
             keep = [i for i, m in enumerate(buffer.meta) if m["sample_id"] not in sample_ids]
-            if len(keep) == len(buffer.meta):
-                continue
             kept = PartBuffer(errors=buffer.errors)
             for i in keep:
                 kept.add(buffer.meta[i], {name: rows[i] for name, rows in buffer.arrays.items()})
