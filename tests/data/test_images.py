@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from halp.data.images import file_digest, load_image
+from halp.data.images import load_image
+from halp.digests import file_digest
 
 RAMP = np.linspace(0, 1, 32 * 48).reshape(32, 48)  # a left-to-right, top-to-bottom brightness ramp
 

@@ -9,22 +9,11 @@ image loader does.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 BACKGROUND = (255, 255, 255)  # what transparent pixels show
 _SIXTEEN_BIT = 65535
-
-
-def file_digest(path: str) -> str:
-    """sha256 of a file's bytes, "" if it does not exist: a data error stands until this changes."""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except FileNotFoundError:
-        return ""
 
 
 def _to_eight_bit(image: Image.Image, path: str) -> Image.Image:

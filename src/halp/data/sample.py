@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from halp.config import DataSettings
-from halp.data.images import file_digest
 from halp.data.schema import read_dataset
+from halp.digests import file_digest
 
 log = logging.getLogger(__name__)
 STRATA = ["dataset", "is_relational"]

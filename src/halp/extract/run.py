@@ -15,7 +15,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from halp.config import Params
-from halp.data.images import file_digest, load_image
+from halp.data.images import load_image
+from halp.digests import file_digest
 from halp.environment import NUMERIC_PACKAGES, warn_if_unlocked
 from halp.extract.distributed import Rank, process_group
 from halp.extract.engine import BatchOutput, Extractor

@@ -10,21 +10,20 @@ import hashlib
 import json
 from pathlib import Path
 
-FULL_HASH_LIMIT = 1 << 30  # local folders up to 1 GiB are fingerprinted by content, larger ones by name+size
+from halp.digests import DigestCache
 
 
 def model_fingerprint(source: str, revision: str | None) -> str:
-    """What identifies the weights: a local folder's content (so a rebuilt tiny model invalidates old
-    embeddings), or a hub id at its revision."""
+    """A local folder's content (every file's sha256 under its relative path), or a hub id at its
+    revision."""
     folder = Path(source)
     if not folder.is_dir():
         return f"{source}@{revision or 'main'}"
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    cache = DigestCache()
     digest = hashlib.sha256()
-    content = sum(p.stat().st_size for p in files) <= FULL_HASH_LIMIT
-    for path in files:
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(path.read_bytes() if content else str(path.stat().st_size).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}\0{cache.digest(path)}\n".encode())
+    cache.save()
     return f"sha256:{digest.hexdigest()}"
 
 
