@@ -23,6 +23,8 @@ CASES = [
     ("Is the dog on the sofa?", "The dog isn't on the sofa; it lies on the floor.", "no", "spatial", False),
     ("Is the cup left of the plate?", "It is not possible to tell.", "yes", "spatial", True),
     ("Is there direct contact?", "Yes, they touch.", "n, o", "relation", True),
+    ("Is there a cat?", "A dog.", "yes", "existence", True),  # unanswered, not a yes
+    ("Is there a cat?", "ass ass ass", "no", "existence", True),
     ("Is there direct contact?", "No.", "n, o", "relation", False),
     ("What color is the car?", "The car is red.", "red", "attribute", False),
     ("What color is the car?", "It looks dark red-ish, like a redwood.", "blue", "attribute", True),
@@ -71,11 +73,19 @@ def test_category_names_are_mapped_in_one_place():
         ("Nope, none.", "no"),
         ("I can't see one", "no"),
         ("It is there", "yes"),
+        ("There are two of them.", "yes"),
+        ("A dog.", None),  # an answer to another question: no position, not a yes
+        ("WV$ assV$ ass", None),
         ("", None),
     ],
 )
 def test_polarity(answer, said):
     assert polarity(answer) == said
+
+
+def test_an_answer_without_yes_or_no_is_unanswered_and_hallucinated():
+    verdict = RulesJudge()("Is there a cat?", "A dog.", "no", "existence")
+    assert verdict.hallucinated and verdict.reason.startswith("unanswered")
 
 
 def test_ratio_judge_reproduces_halp():

@@ -18,6 +18,8 @@ _NEGATION = re.compile(
     r"wasn't|weren't|without|absent|unable)\b|n't\b"
 )
 _AFFIRMATION = re.compile(r"^(yes|yeah|yep|correct|true|indeed|certainly|sure)\b")
+# A statement that asserts what was asked ("There is a red circle."): an affirmation when nothing negates it.
+_ASSERTION = re.compile(r"^(there (is|are)|there's|it (is|does)|it's|they (are|do)|they're|i (can )?see)\b")
 _DENIAL = re.compile(r"^(no|nope|false|incorrect|not)\b")
 # HALP's data says "false premises"; the demo set "false_premise": one canonical name per category.
 CATEGORY_ALIASES = {"false_premises": "false_premise"}
@@ -36,15 +38,14 @@ def normalise(text: str) -> str:
 
 
 def polarity(answer: str) -> str | None:
-    """ "yes", "no" or None: a leading yes/no wins; otherwise a negation anywhere means no."""
+    """ "yes", "no" or None (unanswered): a leading yes/no wins; otherwise a negation anywhere means no,
+    and an assertion ("there is ...") yes. Anything else ("A dog.", gibberish) takes no position."""
     text = answer.lower().replace("’", "'").strip()
     if _AFFIRMATION.match(text):
         return "yes"
-    if _DENIAL.match(text):
+    if _DENIAL.match(text) or _NEGATION.search(text):
         return "no"
-    if not normalise(text):
-        return None
-    return "no" if _NEGATION.search(text) else "yes"
+    return "yes" if _ASSERTION.match(text) else None
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class RulesJudge:
         if truth in ("yes", "no"):
             said = polarity(answer)
             if said is None:
-                return Verdict(True, "takes no yes/no position")
+                return Verdict(True, "unanswered: neither yes nor no")
             return Verdict(said != truth, f"says {said}, truth is {truth}")
         found = bool(truth) and f" {truth} " in f" {normalise(answer)} "
         return Verdict(not found, "ground truth in answer" if found else "ground truth not in answer")
