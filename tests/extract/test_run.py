@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from halp.store import open_embeddings
+from halp.store.parts import read_text
 from tests.conftest import halp, kill_after_first_part, set_params, start_extract, wait_for_first_part
 
 ARRAYS = ["vision_only", "first_token_logprobs"]
@@ -241,3 +242,27 @@ def test_repaired_ground_truths_are_flagged_in_the_embeddings(workspace):
     halp("extract", "--model", "qwen2_vl", cwd=workspace)
     meta = open_embeddings(workspace / "embeddings/qwen2_vl").meta.set_index("sample_id")
     assert meta.gt_repaired[samples.question_id].tolist() == [True, False]
+
+
+def test_samples_no_longer_in_the_sample_leave_the_folder(workspace):
+    model = "qwen2_vl"
+    set_params(workspace, {"data.sample_size": 8, f"models.{model}.checkpoint_interval": 4})
+    halp("sample", cwd=workspace)
+    halp("extract", "--model", model, cwd=workspace)
+    folder = workspace / "embeddings" / model
+    before = open_embeddings(folder)
+    old = dict(zip(before.meta.sample_id, before.get("vision_only"), strict=True))
+    path = workspace / "sampled/samples.csv"
+    samples = pd.read_csv(path, dtype=str, keep_default_na=False)
+    samples.head(3).to_csv(path, index=False)  # a smaller sample: one part loses all its rows
+
+    result = halp("extract", "--model", model, cwd=workspace)
+    assert "5 extracted samples are no longer in the sample" in result.stderr
+    kept = set(samples.question_id.head(3))
+    for part in folder.glob("part-*.h5"):  # not only hidden by the manifest: gone from the files
+        with h5py.File(part, "r") as f:
+            assert set(read_text(f["meta/sample_id"])) <= kept, part.name
+    after = open_embeddings(folder)
+    assert list(after.meta.sample_id) == list(samples.question_id.head(3))
+    for sample_id, values in zip(after.meta.sample_id, after.get("vision_only"), strict=True):
+        np.testing.assert_array_equal(values, old[sample_id])

@@ -156,19 +156,21 @@ class ExtractionRun:
             return
         self._keep(good_rows, out)
 
-    def _drop_changed_images(self, samples: pd.DataFrame) -> None:
-        """Rows extracted from an image whose content has changed since are dropped, to be redone."""
+    def _drop_outdated_rows(self, samples: pd.DataFrame) -> None:
+        """Rows of samples no longer in the sample, or extracted from an image whose content has changed
+        since, leave the parts (the folder holds what this sample gives, nothing DVC would cache beside)."""
         extracted = self.parts.extracted()
-        changed = {
-            row.question_id
-            for row in samples.itertuples()
-            if extracted.get(row.question_id, row.image_sha256) != row.image_sha256
-        }
+        current = dict(zip(samples.question_id, samples.image_sha256, strict=True))
+        gone = extracted.keys() - current.keys()
+        changed = {sid for sid, digest in extracted.items() if current.get(sid, digest) != digest}
+        if gone:
+            log.warning("%d extracted samples are no longer in the sample: removing their rows", len(gone))
         if changed:
             log.warning(
                 "%d samples' images changed since they were extracted: extracting them again", len(changed)
             )
-            self.parts.drop_rows(changed)
+        if gone | changed:
+            self.parts.drop_rows(gone | changed)
 
     def _todo(self, shard: pd.DataFrame) -> pd.DataFrame:
         """The shard minus extracted samples and data errors whose image is unchanged; runtime errors
@@ -195,7 +197,7 @@ class ExtractionRun:
         samples = samples.assign(image_sha256=samples.image_path.map(functools.cache(file_digest)))
         if self.rank.is_main:
             self.parts.clean()
-            self._drop_changed_images(samples)
+            self._drop_outdated_rows(samples)
         self.rank.barrier()
         todo = self._todo(samples.iloc[self.rank.index :: self.rank.world])
         with tqdm(total=len(todo), desc=f"extract {self.name}", unit="sample") as progress:

@@ -258,6 +258,10 @@ class PartFolder:
             kept = PartBuffer(errors=buffer.errors)
             for i in keep:
                 kept.add(buffer.meta[i], {name: rows[i] for name, rows in buffer.arrays.items()})
+            if not kept:
+                part.unlink()
+                log.info("%s: all %d rows stale, removed", part.name, len(buffer.meta))
+                continue
             rewrite = self.next_part()
             write_part(rewrite, kept, attrs | {"replaces": part.name}, str(attrs["storage_dtype"]))
             part.unlink()
