@@ -47,6 +47,28 @@ def test_tiny_model_reloads_as_the_real_classes(tiny_dir, arch):
     assert text == prompt
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prompts_are_tokenised_as_the_models_own_chat_template_does(load_tiny, mixed_batch, arch):
+    """One BOS at most: the Llama-3 template renders it and the tokenizer would add it again."""
+    loaded = load_tiny(arch)
+    images, questions = mixed_batch
+    inputs = loaded.adapter.build_inputs(loaded.processor, images, questions)
+    conversations = [
+        [{"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": q}]}]
+        for im, q in zip(images, questions, strict=True)
+    ]
+    own = loaded.processor.apply_chat_template(
+        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, padding=True
+    )
+    assert inputs["input_ids"].tolist() == own["input_ids"]
+    tokenizer = loaded.processor.tokenizer
+    if arch == "mllama":  # like the real one, the tiny tokenizer adds a BOS of its own
+        assert tokenizer("hi")["input_ids"][0] == tokenizer.bos_token_id
+    for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True):
+        prompt = ids[mask.bool()].tolist()
+        assert prompt[:2] != [tokenizer.bos_token_id] * 2
+
+
 def test_same_seed_same_weights(tmp_path, tiny_dir):
     build_synthetic("qwen2_5_vl", tmp_path / "again", seed=0)
     build_synthetic("qwen2_5_vl", tmp_path / "other", seed=1)

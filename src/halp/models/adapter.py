@@ -65,7 +65,9 @@ class Adapter:
         return int(resolve(model.config, self.image_token_id))
 
     def build_inputs(self, processor: Any, images: Sequence[Image], questions: Sequence[str]) -> BatchFeature:
-        """The model's own chat template around (image, question), batched with left padding."""
+        """The model's own chat template around (image, question), batched with left padding, tokenised as
+        `processor.apply_chat_template(..., tokenize=True)` does: a template that renders the BOS itself
+        (Llama-3, Gemma) is tokenised without special tokens, or every row would start with two."""
         texts = [
             processor.apply_chat_template(
                 [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
@@ -73,5 +75,13 @@ class Adapter:
             )
             for q in questions
         ]
+        bos = processor.tokenizer.bos_token
+        renders_bos = bos is not None and texts[0].startswith(bos)
         batch_images = [[image] for image in images] if self.nest_images else list(images)
-        return processor(text=texts, images=batch_images, padding=True, return_tensors="pt")
+        return processor(
+            text=texts,
+            images=batch_images,
+            padding=True,
+            return_tensors="pt",
+            add_special_tokens=not renders_bos,
+        )

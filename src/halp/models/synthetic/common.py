@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from halp.data.demo import COLOURS, SHAPES
@@ -20,9 +20,13 @@ def _corpus() -> list[str]:
     return lines * 20
 
 
-def train_tokenizer(specials: list[str], vocab_size: int = 512, **kwargs) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    specials: list[str], vocab_size: int = 512, adds_bos: bool = False, **kwargs
+) -> PreTrainedTokenizerFast:
     """Train on a fixed corpus; `specials` become special tokens with the lowest ids, first = unk.
 
+    `adds_bos`: encoding with special tokens prepends `kwargs["bos_token"]`, as Llama-3's and Gemma's
+    tokenizers do (so a template that renders the BOS too would give two, as with the real ones).
     `padding_side="left"` must be a constructor argument: set afterwards it is not saved.
     """
     bpe = Tokenizer(models.BPE(unk_token=specials[0]))
@@ -35,6 +39,11 @@ def train_tokenizer(specials: list[str], vocab_size: int = 512, **kwargs) -> Pre
         show_progress=False,
     )
     bpe.train_from_iterator(_corpus(), trainer)
+    if adds_bos:
+        bos = kwargs["bos_token"]
+        bpe.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bpe.token_to_id(bos))]
+        )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, unk_token=specials[0], padding_side="left", **kwargs
     )

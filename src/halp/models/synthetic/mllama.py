@@ -94,7 +94,11 @@ VISION = {
 
 def build_mllama(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     tokenizer = train_tokenizer(
-        SPECIALS, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>"
+        SPECIALS,
+        adds_bos=True,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
     )
     vision = dict(patch_size=14) | VISION[size]
     tile = vision["image_size"]
