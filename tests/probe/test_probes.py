@@ -13,7 +13,7 @@ from halp.config import Params
 from halp.probe import metrics
 from halp.probe.classifiers import StandardisedLinear
 from halp.probe.metrics import bootstrap_auroc
-from halp.probe.run import probe_model
+from halp.probe.run import probe_grid, probe_model
 from halp.probe.splits import grouped_splits
 from halp.report.probes import write_report
 from halp.store.parts import PartBuffer, PartFolder, write_part
@@ -23,7 +23,7 @@ PLANTED = 1  # query_token at this layer encodes the label linearly
 N, H, D_VIS, PER_IMAGE = 240, 16, 8, 3
 
 
-def make_store(root, labels: np.ndarray, seed: int = 0) -> Params:
+def make_store(root, labels: np.ndarray, seed: int = 0, categories: np.ndarray | None = None) -> Params:
     """A real part file (N samples, PER_IMAGE questions per image) plus labels and params pointing at them."""
     rng = np.random.default_rng(seed)
     buffer = PartBuffer()
@@ -38,7 +38,7 @@ def make_store(root, labels: np.ndarray, seed: int = 0) -> Params:
                 "question": "?",
                 "ground_truth": "yes",
                 "source": "s",
-                "category": "c",
+                "category": "c" if categories is None else categories[i],
                 "answer": "a",
                 "gt_repaired": 0,
                 "vision_token_pos": 1,
@@ -104,7 +104,7 @@ def test_planted_layer_is_found_and_the_others_are_chance(planted):
         assert abs(auroc(report, "vision_only", "pooled", probe) - 0.5) < 0.15
     planted_ci = report["probes"]["query_token"][str(PLANTED)]["logistic"]
     assert planted_ci["auroc_ci_low"] <= planted_ci["auroc_mean"] <= planted_ci["auroc_ci_high"]
-    assert set(report["baselines"]) == {"first_token_max_prob", "first_token_entropy"}
+    assert set(report["baselines"]) == {"first_token_max_prob", "first_token_entropy", "metadata"}
 
 
 def test_low_rank_mlp_finds_the_planted_layer_and_workers_do_not_change_numbers(planted):
@@ -187,6 +187,32 @@ def test_report_table_and_figures(planted, tmp_path):
     out = write_report(["m"], params.probe.out_dir, tmp_path)
     text = out.read_text()
     assert "| m | 240 (33%) |" in text and f"(L{PLANTED}, " in text
+    assert "beats the best output baseline and the metadata baseline (intervals do not overlap)" in text
+    assert "| 0.500 [0.50, 0.50] |" in text, "the metadata baseline's column"
     assert (tmp_path / "figures" / "m.png").stat().st_size > 1000
     data = pd.read_csv(tmp_path / "plots" / "m.csv")
-    assert list(data.layer) == LAYERS and "query_token_mlp" in data
+    assert list(data.layer) == LAYERS and "query_token_mlp" in data and "query_token_mlp_ci_low" in data
+
+
+def test_a_baseline_that_ranks_backwards_is_flipped_on_validation(planted):
+    _, params, _ = planted
+    y = balanced_labels()
+    groups = np.arange(N) // PER_IMAGE
+    backwards = -y + np.random.default_rng(0).normal(0, 0.3, N)
+    _, scored = probe_grid([], {"backwards": backwards}, y, groups, params.probe)
+    assert scored["backwards"]["flipped_seeds"] == params.probe.seeds
+    assert scored["backwards"]["auroc_mean"] > 0.9
+
+
+def test_the_metadata_baseline_knows_only_the_category(tmp_path, planted):
+    _, _, report = planted
+    assert report["baselines"]["metadata"]["auroc_mean"] == 0.5, "one category: no information"
+    labels = balanced_labels()
+    rng = np.random.default_rng(1)  # a category with 80% hallucinations, one with 10%
+    categories = np.where(
+        labels == 1,
+        rng.choice(["hard", "easy"], N, p=[0.9, 0.1]),
+        rng.choice(["hard", "easy"], N, p=[0.1, 0.9]),
+    )
+    informed = json.loads(probe_model(make_store(tmp_path, labels, categories=categories), "m").read_text())
+    assert informed["baselines"]["metadata"]["auroc_mean"] > 0.8

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from joblib import Parallel, delayed
 
 from halp.config import Params, ProbeSettings
 from halp.probe.classifiers import fit_probes
-from halp.probe.metrics import aggregate, bootstrap_auroc, evaluate
+from halp.probe.metrics import aggregate, auroc, bootstrap_auroc, evaluate
 from halp.probe.splits import DegenerateLabels, Split, check_labels, grouped_splits
 from halp.store import Embeddings, open_embeddings
 
@@ -39,6 +40,20 @@ def output_baselines(emb: Embeddings) -> dict[str, np.ndarray]:
     }
 
 
+def metadata_scores(keys: np.ndarray, y: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Each sample's score is the training split's hallucination rate of its (source, category): what a
+    probe must beat to show it reads the model's state, not which kind of question it was asked (a key
+    the training split lacks gets the training split's overall rate)."""
+    rates = pd.Series(y[train]).groupby(keys[train]).mean()
+    return pd.Series(keys).map(rates).fillna(y[train].mean()).to_numpy(np.float64)
+
+
+def oriented(y_val: np.ndarray, s_val: np.ndarray, s_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A baseline score that ranks backwards on the validation split is flipped (never on test)."""
+    flip = auroc(y_val, s_val) < 0.5
+    return (-s_val, -s_test, True) if flip else (s_val, s_test, False)
+
+
 def load_labelled(params: Params, model_name: str) -> tuple[Embeddings, np.ndarray, np.ndarray]:
     emb = open_embeddings(params.extract.out_dir / model_name)
     labels_path = params.label.out_dir / f"{model_name}.csv"
@@ -56,14 +71,15 @@ def load_labelled(params: Params, model_name: str) -> tuple[Embeddings, np.ndarr
 
 def probe_grid(
     features: Iterable[tuple[str, int | None, np.ndarray]],
-    baselines: dict[str, np.ndarray],
+    baselines: dict[str, np.ndarray | Callable[[np.ndarray], np.ndarray]],
     y: np.ndarray,
     groups: np.ndarray,
     settings: ProbeSettings,
     control: str | None = None,
 ) -> tuple[list[dict], dict]:
     """Every probe on every representation over the same seeded grouped splits, one representation per
-    worker process; then the output baselines on the same test splits."""
+    worker process; then the baselines on the same test splits (a callable baseline is given each
+    split's training rows)."""
     splits = grouped_splits(y, groups, settings.seeds)
     fit_labels = []  # per seed: the labels probes train on (training rows permuted for the control)
     for seed, (train, _, _) in enumerate(splits):
@@ -79,10 +95,14 @@ def probe_grid(
         for row in result:
             log.info("%(representation)s layer %(layer)s %(probe)s: AUROC %(auroc_mean).3f", row)
         rows += result
-    scored = {
-        name: _over_splits(y, splits, settings.bootstrap, [(s[val], s[test]) for _, val, test in splits])
-        for name, s in baselines.items()
-    }
+    scored = {}
+    for name, score in baselines.items():
+        per_split = [score(train) if callable(score) else score for train, _, _ in splits]
+        pairs = [
+            oriented(y[val], s[val], s[test]) for s, (_, val, test) in zip(per_split, splits, strict=True)
+        ]
+        scored[name] = _over_splits(y, splits, settings.bootstrap, [(v, t) for v, t, _ in pairs])
+        scored[name]["flipped_seeds"] = sum(flipped for _, _, flipped in pairs)
     return rows, scored
 
 
@@ -138,9 +158,9 @@ def probe_model(params: Params, model_name: str, control: str | None = None) -> 
     table = pd.DataFrame()
     try:
         check_labels(y, groups)
-        rows, baselines = probe_grid(
-            representations(emb), output_baselines(emb), y, groups, settings, control
-        )
+        keys = (emb.meta.source + " / " + emb.meta.category).to_numpy()
+        baselines = output_baselines(emb) | {"metadata": partial(metadata_scores, keys, y)}
+        rows, baselines = probe_grid(representations(emb), baselines, y, groups, settings, control)
         table = pd.DataFrame(rows)
         report |= {"status": "ok", "probes": _nest(rows), "baselines": baselines}
     except DegenerateLabels as err:

@@ -25,30 +25,66 @@ def _cell(rows: pd.DataFrame) -> str:
     return f"{best.auroc_mean:.3f} [{best.auroc_ci_low:.2f}, {best.auroc_ci_high:.2f}] ({where}{best.probe})"
 
 
+METADATA = "metadata"  # the baseline that knows only the question's (source, category)
+
+
+def _interval(metrics: dict) -> str:
+    return f"{metrics['auroc_mean']:.3f} [{metrics['auroc_ci_low']:.2f}, {metrics['auroc_ci_high']:.2f}]"
+
+
+def best_output_baseline(report: dict) -> tuple[str, dict]:
+    outputs = {name: m for name, m in report["baselines"].items() if name != METADATA}
+    name = max(outputs, key=lambda n: outputs[n]["auroc_mean"])
+    return name, outputs[name]
+
+
 def table_row(model: str, report: dict, rows: pd.DataFrame) -> str:
     if report["status"] != "ok":
-        return f"| {model} | {report['n_samples']} | {report['message']} | | | |"
+        return f"| {model} | {report['n_samples']} | {report['message']} | | | | |"
     cells = [_cell(rows[rows.representation == rep]) for rep in ("vision_only", *LAYERED)]
-    baseline = max(report["baselines"].values(), key=lambda b: b["auroc_mean"])["auroc_mean"]
+    name, output = best_output_baseline(report)
+    cells += [f"{_interval(output)} ({name})", _interval(report["baselines"][METADATA])]
     rate = report["n_hallucinated"] / report["n_samples"]
-    return f"| {model} | {report['n_samples']} ({rate:.0%}) | " + " | ".join(cells) + f" | {baseline:.3f} |"
+    return f"| {model} | {report['n_samples']} ({rate:.0%}) | " + " | ".join(cells) + " |"
+
+
+def verdict(model: str, report: dict, rows: pd.DataFrame) -> str:
+    """Whether the best probe beats both baselines with 95% intervals that do not overlap."""
+    best = rows.loc[rows.auroc_mean.idxmax()]
+    where = "VF" if pd.isna(best.layer) else f"{best.representation} L{int(best.layer)}"
+    name, output = best_output_baseline(report)
+    rivals = {name: output, f"{METADATA} baseline": report["baselines"][METADATA]}
+    beaten = [n for n, m in rivals.items() if best.auroc_ci_low > m["auroc_ci_high"]]
+    text = f"**{model}**: best probe {_interval(best)} ({where}, {best.probe}) "
+    if len(beaten) == len(rivals):
+        return text + "beats the best output baseline and the metadata baseline (intervals do not overlap)."
+    unbeaten = ", ".join(f"{n} {_interval(m)}" for n, m in rivals.items() if n not in beaten)
+    return text + f"does not clearly beat {unbeaten} (the intervals overlap)."
 
 
 def plot_layers(model: str, rows: pd.DataFrame, out: Path) -> pd.DataFrame:
     """One line per (representation, probe) over layers, VF as a dashed level; returns the plotted data."""
     layered = rows[rows.representation.isin(LAYERED)].copy()
     layered["series"] = layered.representation + "_" + layered.probe
-    wide = layered.pivot(index="layer", columns="series", values="auroc_mean").reset_index()
+    wide = layered.pivot(index="layer", columns="series", values="auroc_mean")
+    low = layered.pivot(index="layer", columns="series", values="auroc_ci_low")
+    high = layered.pivot(index="layer", columns="series", values="auroc_ci_high")
     fig, ax = plt.subplots(figsize=(6, 4))
-    for series in wide.columns.drop("layer"):
-        ax.plot(wide.layer, wide[series], marker="o", label=series)
+    for series in wide.columns:
+        (line,) = ax.plot(wide.index, wide[series], marker="o", label=series)
+        ax.fill_between(
+            wide.index, low[series], high[series], color=line.get_color(), alpha=0.15, linewidth=0
+        )
+    wide = wide.join(low.add_suffix("_ci_low")).join(high.add_suffix("_ci_high")).reset_index()
     for _, vf in rows[rows.representation == "vision_only"].iterrows():
         ax.axhline(vf.auroc_mean, linestyle="--", color="grey", linewidth=1)
         ax.annotate(f"VF {vf.probe}", (wide.layer.min(), vf.auroc_mean), fontsize=7, color="grey")
     ax.axhline(0.5, color="black", linewidth=0.5)
     ax.set_xticks(wide.layer)
     ax.set(
-        xlabel="decoder block", ylabel="test AUROC (mean over seeds)", title=f"{model}: hallucination probes"
+        xlabel="decoder block",
+        ylabel="test AUROC (mean over seeds; band: 95% interval)",
+        title=f"{model}: hallucination probes",
     )
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -67,9 +103,10 @@ def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
         "Test AUROC, mean over seeds [95% bootstrap interval] (best layer, probe); splits grouped by image.",
         "",
         "| model | samples (hallucinated) | vision-only | best vision-token | best query-token "
-        "| best output baseline |",
-        "|---|---|---|---|---|---|",
+        "| best output baseline | metadata baseline |",
+        "|---|---|---|---|---|---|---|",
     ]
+    verdicts = []
     for model in models:
         if not (probes_dir / f"{model}.json").is_file():
             log.warning(
@@ -82,6 +119,15 @@ def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
         lines.append(table_row(model, report, rows))
         if report["status"] == "ok":
             plot_layers(model, rows, figures / f"{model}.png").to_csv(data / f"{model}.csv", index=False)
+            verdicts.append(verdict(model, report, rows))
+    lines += [
+        "",
+        "Output baselines score from the first generated token; one that ranks backwards on a seed's "
+        "validation split is flipped for that seed. The metadata baseline scores each question by its "
+        "(source, category)'s hallucination rate in the training split.",
+        "",
+        *verdicts,
+    ]
     out = out_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")
     log.info("report -> %s", out)
