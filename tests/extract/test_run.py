@@ -266,3 +266,17 @@ def test_samples_no_longer_in_the_sample_leave_the_folder(workspace):
     assert list(after.meta.sample_id) == list(samples.question_id.head(3))
     for sample_id, values in zip(after.meta.sample_id, after.get("vision_only"), strict=True):
         np.testing.assert_array_equal(values, old[sample_id])
+
+
+def test_max_samples_extracts_the_samples_first_rows_and_grows_without_redoing_them(workspace):
+    model = "qwen2_vl"
+    set_params(workspace, {"data.sample_size": 8, f"models.{model}.max_samples": 3})
+    halp("sample", cwd=workspace)
+    halp("extract", "--model", model, cwd=workspace)
+    samples = pd.read_csv(workspace / "sampled/samples.csv", dtype=str, keep_default_na=False)
+    folder = workspace / "embeddings" / model
+    assert list(open_embeddings(folder).meta.sample_id) == list(samples.question_id.head(3))
+    set_params(workspace, {f"models.{model}.max_samples": 5})
+    result = halp("extract", "--model", model, cwd=workspace)
+    assert "5 samples, 3 already done" in result.stderr
+    assert list(open_embeddings(folder).meta.sample_id) == list(samples.question_id.head(5))

@@ -218,7 +218,7 @@ def read_samples(path: Path) -> pd.DataFrame:
 
 def extract(params: Params, model_name: str) -> Path:
     params.model(model_name)  # unknown names fail before any model is loaded
-    samples = read_samples(params.data.out)
+    samples = read_samples(params.data.out).head(params.model(model_name).max_samples)
     with process_group(Rank.from_env()) as rank:
         if rank.is_main:
             warn_if_unlocked()
