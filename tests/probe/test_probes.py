@@ -23,13 +23,21 @@ PLANTED = 1  # query_token at this layer encodes the label linearly
 N, H, D_VIS, PER_IMAGE = 240, 16, 8, 3
 
 
-def make_store(root, labels: np.ndarray, seed: int = 0, categories: np.ndarray | None = None) -> Params:
-    """A real part file (N samples, PER_IMAGE questions per image) plus labels and params pointing at them."""
+def make_store(
+    root,
+    labels: np.ndarray,
+    seed: int = 0,
+    categories: np.ndarray | None = None,
+    planted_in: np.ndarray | None = None,
+) -> Params:
+    """A real part file (N samples, PER_IMAGE questions per image) plus labels and params pointing at them;
+    the label is planted in the query token at layer PLANTED (only where `planted_in`, if given)."""
     rng = np.random.default_rng(seed)
     buffer = PartBuffer()
     for i, label in enumerate(labels):
         query = rng.normal(size=(len(LAYERS), H)).astype(np.float32)
-        query[LAYERS.index(PLANTED), 0] += 3.0 * (2 * label - 1)
+        if planted_in is None or planted_in[i]:
+            query[LAYERS.index(PLANTED), 0] += 3.0 * (2 * label - 1)
         buffer.add(
             {
                 "sample_id": f"q{i}",
@@ -216,3 +224,24 @@ def test_the_metadata_baseline_knows_only_the_category(tmp_path, planted):
     )
     informed = json.loads(probe_model(make_store(tmp_path, labels, categories=categories), "m").read_text())
     assert informed["baselines"]["metadata"]["auroc_mean"] > 0.8
+
+
+def test_auroc_within_each_group_of_the_breakdown(tmp_path):
+    labels = balanced_labels()
+    signal = np.arange(N) < N // 2  # the label is readable in the first half's states only
+    params = make_store(tmp_path, labels, planted_in=signal)
+    groups = tmp_path / "groups.csv"
+    pd.DataFrame(
+        {"question_id": [f"q{i}" for i in range(N)], "mechanism": np.where(signal, "seen", "unseen")}
+    ).to_csv(groups, index=False)
+    params.probe.breakdown = groups
+    report = json.loads(probe_model(params, "m").read_text())
+    planted = report["probes"]["query_token"][str(PLANTED)]["logistic"]
+    assert planted["auroc_in_seen"] > 0.8  # trained on both halves, so below the planted-everywhere 0.95
+    assert abs(planted["auroc_in_unseen"] - 0.5) < 0.2
+    assert report["groups"]["seen"] == {"n_samples": N // 2, "hallucination_rate": labels[signal].mean()}
+    text = write_report(["m"], params.probe.out_dir, tmp_path / "report").read_text()
+    assert "| | seen | unseen |" in text and f"| query_token L{PLANTED} (" in text
+    groups.write_text("question_id\nq1\n")
+    with pytest.raises(ValueError, match="two columns"):
+        probe_model(params, "m")

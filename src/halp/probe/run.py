@@ -54,6 +54,22 @@ def oriented(y_val: np.ndarray, s_val: np.ndarray, s_test: np.ndarray) -> tuple[
     return (-s_val, -s_test, True) if flip else (s_val, s_test, False)
 
 
+def read_breakdown(path: Path | None, sample_ids: pd.Series) -> np.ndarray | None:
+    """Each sample's group from a CSV (question_id and one column, e.g. the demo's planted mechanism);
+    samples it does not list are "unlisted"."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"probe.breakdown {path} not found: point it at a CSV or set it to null")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "question_id" not in table or len(table.columns) != 2:
+        raise ValueError(
+            f"{path} must have two columns, question_id and a group; it has {list(table.columns)}"
+        )
+    groups = table.set_index("question_id").iloc[:, 0]
+    return sample_ids.map(groups).fillna("unlisted").to_numpy()
+
+
 def load_labelled(params: Params, model_name: str) -> tuple[Embeddings, np.ndarray, np.ndarray]:
     emb = open_embeddings(params.extract.out_dir / model_name)
     labels_path = params.label.out_dir / f"{model_name}.csv"
@@ -76,10 +92,11 @@ def probe_grid(
     groups: np.ndarray,
     settings: ProbeSettings,
     control: str | None = None,
+    breakdown: np.ndarray | None = None,
 ) -> tuple[list[dict], dict]:
     """Every probe on every representation over the same seeded grouped splits, one representation per
     worker process; then the baselines on the same test splits (a callable baseline is given each
-    split's training rows)."""
+    split's training rows). `breakdown` labels each sample with a group to report AUROC within."""
     splits = grouped_splits(y, groups, settings.seeds)
     fit_labels = []  # per seed: the labels probes train on (training rows permuted for the control)
     for seed, (train, _, _) in enumerate(splits):
@@ -87,7 +104,9 @@ def probe_grid(
         if control == "shuffled":
             fit_labels[-1][train] = np.random.default_rng(seed).permutation(y[train])
     jobs = (
-        delayed(probe_representation)(rep, layer, np.asarray(x, np.float32), y, fit_labels, splits, settings)
+        delayed(probe_representation)(
+            rep, layer, np.asarray(x, np.float32), y, fit_labels, splits, settings, breakdown
+        )
         for rep, layer, x in features
     )
     rows = []  # mmap_mode "c": workers share each representation's pages and see a writable array
@@ -101,7 +120,7 @@ def probe_grid(
         pairs = [
             oriented(y[val], s[val], s[test]) for s, (_, val, test) in zip(per_split, splits, strict=True)
         ]
-        scored[name] = _over_splits(y, splits, settings.bootstrap, [(v, t) for v, t, _ in pairs])
+        scored[name] = _over_splits(y, splits, settings.bootstrap, [(v, t) for v, t, _ in pairs], breakdown)
         scored[name]["flipped_seeds"] = sum(flipped for _, _, flipped in pairs)
     return rows, scored
 
@@ -114,6 +133,7 @@ def probe_representation(
     fit_labels: list[np.ndarray],
     splits: list[Split],
     settings: ProbeSettings,
+    groups: np.ndarray | None = None,
 ) -> list[dict]:
     """Every probe on one representation over every split, on one thread: the grid runs one of these per
     core (2 single-threaded fits at once beat one on two threads by 1.3x on this CPU's small matrices),
@@ -129,18 +149,30 @@ def probe_representation(
         torch.set_num_threads(before)
     rows = []
     for probe in settings.probes:
-        metrics = _over_splits(y, splits, settings.bootstrap, [scores[probe] for scores in fitted])
+        metrics = _over_splits(y, splits, settings.bootstrap, [scores[probe] for scores in fitted], groups)
         rows.append({"representation": rep, "layer": layer, "probe": probe} | metrics)
     return rows
 
 
-def _over_splits(y: np.ndarray, splits: list[Split], bootstrap: int, scores: list[tuple]) -> dict:
-    """Metrics aggregated over the splits, from each split's (validation, test) scores."""
+def _over_splits(
+    y: np.ndarray, splits: list[Split], bootstrap: int, scores: list[tuple], groups: np.ndarray | None
+) -> dict:
+    """Metrics aggregated over the splits, from each split's (validation, test) scores; with `groups`
+    (one label per sample, e.g. the planted mechanism) also the test AUROC within each group, as
+    `auroc_in_<group>` (mean over the seeds whose test rows of that group hold both classes)."""
     per_seed, boots = [], []
     for seed, ((_, val, test), (s_val, s_test)) in enumerate(zip(splits, scores, strict=True)):
         per_seed.append(evaluate(y[val], s_val, y[test], s_test))
         boots.append(bootstrap_auroc(y[test], s_test, bootstrap, seed))
-    return aggregate(per_seed, boots)
+    metrics = aggregate(per_seed, boots)
+    for group in [] if groups is None else sorted(set(groups)):
+        within = [
+            auroc(y[test][inside], s_test[inside])
+            for (_, _, test), (_, s_test) in zip(splits, scores, strict=True)
+            if len(set(y[test][inside := groups[test] == group])) == 2
+        ]
+        metrics[f"auroc_in_{group}"] = float(np.mean(within)) if within else float("nan")
+    return metrics
 
 
 def probe_model(params: Params, model_name: str, control: str | None = None) -> Path:
@@ -160,9 +192,18 @@ def probe_model(params: Params, model_name: str, control: str | None = None) -> 
         check_labels(y, groups)
         keys = (emb.meta.source + " / " + emb.meta.category).to_numpy()
         baselines = output_baselines(emb) | {"metadata": partial(metadata_scores, keys, y)}
-        rows, baselines = probe_grid(representations(emb), baselines, y, groups, settings, control)
+        breakdown = read_breakdown(settings.breakdown, emb.meta.sample_id)
+        rows, baselines = probe_grid(representations(emb), baselines, y, groups, settings, control, breakdown)
         table = pd.DataFrame(rows)
         report |= {"status": "ok", "probes": _nest(rows), "baselines": baselines}
+        if breakdown is not None:
+            report["groups"] = {
+                g: {
+                    "n_samples": int((breakdown == g).sum()),
+                    "hallucination_rate": float(y[breakdown == g].mean()),
+                }
+                for g in sorted(set(breakdown))
+            }
     except DegenerateLabels as err:
         log.warning("%s: no probes trained: %s", model_name, err)
         report |= {"status": "degenerate", "message": str(err)}

@@ -51,7 +51,7 @@ def table_row(model: str, report: dict, rows: pd.DataFrame) -> str:
 def verdict(model: str, report: dict, rows: pd.DataFrame) -> str:
     """Whether the best probe beats both baselines with 95% intervals that do not overlap."""
     best = rows.loc[rows.auroc_mean.idxmax()]
-    where = "VF" if pd.isna(best.layer) else f"{best.representation} L{int(best.layer)}"
+    where = _where(best)
     name, output = best_output_baseline(report)
     rivals = {name: output, f"{METADATA} baseline": report["baselines"][METADATA]}
     beaten = [n for n, m in rivals.items() if best.auroc_ci_low > m["auroc_ci_high"]]
@@ -60,6 +60,37 @@ def verdict(model: str, report: dict, rows: pd.DataFrame) -> str:
         return text + "beats the best output baseline and the metadata baseline (intervals do not overlap)."
     unbeaten = ", ".join(f"{n} {_interval(m)}" for n, m in rivals.items() if n not in beaten)
     return text + f"does not clearly beat {unbeaten} (the intervals overlap)."
+
+
+def _where(best: pd.Series) -> str:
+    return "VF" if pd.isna(best.layer) else f"{best.representation} L{int(best.layer)}"
+
+
+def breakdown(model: str, report: dict, rows: pd.DataFrame) -> list[str]:
+    """Test AUROC within each group of `probe.breakdown` (e.g. the demo's planted mechanisms), for the
+    best probe of each representation and for the baselines: which representation reads which failure."""
+    groups = report.get("groups", {})
+    if not groups:
+        return []
+    lines = [
+        f"**{model}** within each group (test AUROC; best layer and probe of each representation):",
+        "",
+        "| | " + " | ".join(groups) + " |",
+        "|---|" + "---|" * len(groups),
+        "| samples (hallucinated) | "
+        + " | ".join(f"{g['n_samples']} ({g['hallucination_rate']:.0%})" for g in groups.values())
+        + " |",
+    ]
+    for rep in ("vision_only", *LAYERED):
+        candidates = rows[rows.representation == rep]
+        if not candidates.empty:
+            best = candidates.loc[candidates.auroc_mean.idxmax()]
+            cells = " | ".join(f"{best[f'auroc_in_{g}']:.3f}" for g in groups)
+            lines.append(f"| {_where(best)} ({best.probe}) | {cells} |")
+    name, output = best_output_baseline(report)
+    for label, metrics in ((name, output), (METADATA, report["baselines"][METADATA])):
+        lines.append(f"| {label} | " + " | ".join(f"{metrics[f'auroc_in_{g}']:.3f}" for g in groups) + " |")
+    return [*lines, ""]
 
 
 def plot_layers(model: str, rows: pd.DataFrame, out: Path) -> pd.DataFrame:
@@ -112,14 +143,14 @@ def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
             log.warning(
                 "%s has no probe results in %s: run `halp probe --model %s`", model, probes_dir, model
             )
-            lines.append(f"| {model} | | not probed: run `halp probe --model {model}` | | | |")
+            lines.append(f"| {model} | | not probed: run `halp probe --model {model}` | | | | |")
             continue
         report = json.loads((probes_dir / f"{model}.json").read_text())
         rows = pd.read_csv(probes_dir / f"{model}.csv") if report["status"] == "ok" else pd.DataFrame()
         lines.append(table_row(model, report, rows))
         if report["status"] == "ok":
             plot_layers(model, rows, figures / f"{model}.png").to_csv(data / f"{model}.csv", index=False)
-            verdicts.append(verdict(model, report, rows))
+            verdicts += [verdict(model, report, rows), "", *breakdown(model, report, rows)]
     lines += [
         "",
         "Output baselines score from the first generated token; one that ranks backwards on a seed's "
