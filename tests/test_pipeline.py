@@ -21,7 +21,18 @@ from tests.conftest import copy_repo, set_params
 from tests.extract.test_parallel import assert_same_extraction
 
 pytestmark = pytest.mark.slow
-MODELS = ("qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm")
+TINY = ("qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm")
+MODELS = (*TINY, "demo_vlm")
+# The default pipeline, smaller: 64 questions for every model, a demo VLM trained for a few steps only.
+SMALL = {
+    "demo.n_images": 48,
+    "data.sample_size": 64,
+    "organism.n_images": 40,
+    "organism.steps": 12,
+    "organism.batch_size": 16,
+    "organism.curriculum": [4, 8],
+    **{f"models.{model}.max_samples": None for model in MODELS},
+}
 
 
 def run(*cmd: str, cwd: Path) -> str:
@@ -68,12 +79,15 @@ def test_committed_lock_matches_the_committed_code_params_and_results(tmp_path):
     with (root / "src/halp/probe/splits.py").open("a") as code:
         code.write("# an edit\n")
     assert set(stale_stages(root)) == {f"probe@{model}" for model in MODELS}
+    with (root / "src/halp/organism/train.py").open("a") as code:
+        code.write("# an edit\n")
+    assert "train-demo" in stale_stages(root)
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A fresh clone after `dvc repro`."""
-    root = fresh_clone(tmp_path_factory.mktemp("clone") / "halp")
+    root = fresh_clone(tmp_path_factory.mktemp("clone") / "halp", SMALL)
     run("dvc", "repro", cwd=root)
     return root
 
@@ -82,11 +96,13 @@ def test_repro_builds_embeddings_and_metrics_for_every_model(repo):
     for model in MODELS:
         emb = open_embeddings(repo / "data/embeddings" / model)
         assert len(emb.meta) == 64 and emb.errors.empty
-        assert emb.layers == [0, 2, 3]
+        assert emb.layers == ([0, 1, 2, 3] if model == "demo_vlm" else [0, 2, 3])
         summary = json.loads((repo / "metrics/summary" / f"{model}.json").read_text())
-        assert summary["n_samples"] == 64 and set(summary["layers"]) == {"0", "2", "3"}
+        assert summary["n_samples"] == 64 and set(summary["layers"]) == {str(k) for k in emb.layers}
     shown = run("dvc", "metrics", "show", "--json", cwd=repo)
-    assert "metrics/summary/qwen2_5_vl.json" in shown
+    assert "metrics/summary/qwen2_5_vl.json" in shown and "metrics/demo/train.json" in shown
+    trained = json.loads((repo / "metrics/demo/train.json").read_text())
+    assert trained["steps"] == 12 and trained["loss_by_100_steps"][0] < 10
 
 
 def test_repro_labels_probes_and_reports_every_model(repo):
@@ -103,7 +119,7 @@ def test_repro_labels_probes_and_reports_every_model(repo):
 
 
 def test_repro_under_the_accelerate_launcher_reproduces_the_single_process_embeddings(repo, tmp_path):
-    clone = fresh_clone(tmp_path / "halp", {"extract.launcher": "accelerate", "extract.processes": 2})
+    clone = fresh_clone(tmp_path / "halp", SMALL | {"extract.launcher": "accelerate", "extract.processes": 2})
     out = run("dvc", "repro", "extract@qwen2_vl", cwd=clone)
     assert "launching 2 workers" in out and "accelerate.commands.launch" in out
     assert_same_extraction(clone / "data/embeddings/qwen2_vl", repo / "data/embeddings/qwen2_vl")

@@ -30,6 +30,12 @@ def _build_tiny(params: Params, args: argparse.Namespace) -> None:
         build_synthetic(arch, out_dir, params.tiny.seed, size=args.size)
 
 
+def _train_demo(params: Params, args: argparse.Namespace) -> None:
+    from halp.organism.train import train_demo
+
+    train_demo(params.organism)
+
+
 def _sample(params: Params, args: argparse.Namespace) -> None:
     from halp.data.sample import sample_dataset
 
@@ -136,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--arch", action="append", help="only this architecture (repeatable)")
     build.add_argument("--out", type=Path, help="output folder (default: tiny.out_dir, or models/full)")
+    command("train-demo", _train_demo, "train the demo VLM on the demo world (params: organism)")
     command("report", _report, "probe table and AUROC-by-layer plots for every model (params: report)")
     command("sample", _sample, "validate the dataset CSV and draw the sample (params: data)")
     for name, handler, text in (

@@ -36,6 +36,23 @@ class TinySettings(_Section):
     archs: list[str] = ["qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm"]
 
 
+class OrganismSettings(_Section):
+    """The demo VLM trained on the demo world (`halp train-demo`); the budget is steps, not seconds."""
+
+    out_dir: Path = Path("models/demo_vlm")
+    metrics: Path = Path("metrics/demo/train.json")
+    seed: int = 0
+    n_images: int = Field(3000, ge=1, description="training scenes, drawn apart from the evaluation set")
+    false_premise_keep: float = Field(0.3, ge=0, le=1, description="share of false premises trained on")
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(48, ge=1, description="questions per step (images, each with all its open ones)")
+    learning_rate: float = Field(7e-4, gt=0)
+    warmup_steps: int = Field(100, ge=1)
+    curriculum: list[int] = Field(
+        [200, 400], description="steps at which shape questions, then all the others, join colour ones"
+    )
+
+
 class DataSettings(_Section):
     """Which CSV to sample from, how its columns are named, and how to sample."""
 
@@ -68,6 +85,11 @@ class ModelSettings(_Section):
     device: str = "auto"
     device_map: str | None = Field(
         None, description="e.g. auto: accelerate splits a model too big for one GPU over all visible GPUs"
+    )
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="extract only the sample's first N rows (a random subset: the sample is shuffled)",
     )
     batch_size: int = Field(8, ge=1)
     checkpoint_interval: int = Field(256, ge=1)
@@ -153,6 +175,9 @@ class ProbeSettings(_Section):
     workers: int | None = Field(
         None, ge=1, description="processes fitting probes, one representation each (null: one per core)"
     )
+    breakdown: Path | None = Field(
+        None, description="CSV of question_id and a group (e.g. data/demo/mechanisms.csv): AUROC per group"
+    )
     out_dir: Path = Path("metrics/probes")
     control_dir: Path = Field(
         Path("data/controls"), description="`halp probe --control`'s results: beside, not among, the metrics"
@@ -170,6 +195,7 @@ class SummarySettings(_Section):
 class Params(_Section):
     demo: DemoSettings = DemoSettings()
     tiny: TinySettings = TinySettings()
+    organism: OrganismSettings = OrganismSettings()
     data: DataSettings = DataSettings()
     extract: ExtractSettings = ExtractSettings()
     models: dict[str, ModelSettings]

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import random
 import re
 
 import pandas as pd
 
-from halp.data.demo import generate_demo
+from halp.data.demo import CANVAS_SIZES, MECHANISMS_CSV, SMALLEST, generate_demo, scene
 from halp.data.schema import COLUMNS
 
 
@@ -38,3 +39,18 @@ def test_answers_agree_with_the_scene(tmp_path):
     for row in table[table.category == "existence"].itertuples():
         thing = re.fullmatch(r"Is there an? (\w+ \w+) in the image\?", row.question).group(1)
         assert (thing in row.description) == (row.gt_answer == "yes"), row
+
+
+def test_planted_mechanisms_are_graded_and_listed_for_every_question(tmp_path):
+    table = pd.read_csv(generate_demo(tmp_path, n_images=40, seed=0))
+    mechanisms = pd.read_csv(tmp_path / MECHANISMS_CSV)
+    assert list(mechanisms.question_id) == list(table.question_id)
+    assert set(mechanisms.mechanism) == {"clean", "small", "faint", "rare_combination"}
+    rng = random.Random(0)
+    shapes = [s for _ in range(300) for s in scene(rng, CANVAS_SIZES[0])]
+    small = [s.radius for s in shapes if s.mechanism == "small"]
+    faint = [s.contrast for s in shapes if s.mechanism == "faint"]
+    normal = {s.radius for s in shapes if s.mechanism == "clean"}
+    # continuous ranges across what a model can see, not one invisible size or shade
+    assert min(small) == SMALLEST and max(small) == max(normal) and len(set(small)) >= 8
+    assert min(faint) < 0.15 and max(faint) > 0.9

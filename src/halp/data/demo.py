@@ -1,6 +1,13 @@
-"""The generated demo dataset: coloured shapes at known positions, with questions whose answers are known.
+"""The generated demo world: coloured shapes at known positions, with questions whose answers are known.
 
-It is written in the real HALP CSV schema so every later stage runs on it exactly as on the real data.
+The evaluation set is written in the real HALP CSV schema so every later stage runs on it exactly as on
+the real data; the demo VLM (`halp.organism`) trains on scenes of the same world drawn from another
+seed. Three mechanisms that make a model hallucinate are planted, each graded so that within one some
+answers are right and some wrong:
+- `small`: a shape's radius drawn from a continuous range down to a few pixels (a vision failure);
+- `faint`: a shape's colour blended into the background, contrast drawn from a continuous range;
+- `rare_combination`: colour-shape pairs (`RARE`) that training scenes almost never hold (a language
+  side failure: the words are known, the pair is not).
 Everything is drawn from one seeded RNG, so the same seed gives byte-identical files.
 """
 
@@ -27,8 +34,29 @@ COLOURS = {
     "orange": (240, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle")
-CANVAS_SIZES = ((160, 120), (120, 160), (200, 140), (140, 140))  # (width, height): varied on purpose
-GRID = (3, 2)  # columns x rows of cells; one shape per cell keeps shapes apart
+BACKGROUND = (245, 245, 240)
+# Cells of 28 pixels, the area one merged Qwen2-VL image token covers, one shape per cell at most:
+# a small VLM learns to see a shape that sits in one token far sooner than one cut across four.
+CELL = 28
+CANVAS_SIZES = ((84, 84), (112, 84), (84, 112))  # (width, height): 3x3, 4x3 and 3x4 cells
+NORMAL_RADIUS = (9, 11)
+RARE = frozenset({("purple", "triangle"), ("orange", "square")})
+MECHANISMS_CSV = "mechanisms.csv"  # question_id -> the planted mechanism behind it, next to the questions
+
+
+@dataclass(frozen=True)
+class World:
+    """How scenes are drawn. Evaluation and training differ only in how often the rare pairs appear."""
+
+    small_rate: float = 0.2  # share of shapes drawn small: radius uniform in [SMALLEST, normal radius]
+    faint_rate: float = 0.2  # share drawn faint: contrast uniform in [FAINTEST, 1]
+    rare_keep: float = 1.0  # a rare colour-shape pair, once drawn, is kept with this probability
+    shapes: tuple[int, int] = (2, 4)  # fewest and most shapes in a scene
+
+
+SMALLEST, FAINTEST = 2, 0.05
+EVALUATION = World()
+TRAINING = World(rare_keep=0.04, shapes=(1, 4))  # one-shape scenes teach colour without binding
 
 
 @dataclass(frozen=True)
@@ -38,39 +66,60 @@ class Shape:
     cx: int
     cy: int
     radius: int
+    contrast: float = 1.0
+    mechanism: str = "clean"  # "small", "faint" or "clean" (drawn as it normally is)
 
     @property
     def name(self) -> str:
         return f"{self.colour} {self.kind}"
 
+    @property
+    def fill(self) -> tuple[int, ...]:
+        return tuple(
+            round(b + self.contrast * (c - b)) for c, b in zip(COLOURS[self.colour], BACKGROUND, strict=True)
+        )
 
-def _draw(size: tuple[int, int], shapes: list[Shape]) -> Image.Image:
-    image = Image.new("RGB", size, (245, 245, 240))
+
+def draw(size: tuple[int, int], shapes: list[Shape]) -> Image.Image:
+    image = Image.new("RGB", size, BACKGROUND)
     pen = ImageDraw.Draw(image)
     for s in shapes:
         box = (s.cx - s.radius, s.cy - s.radius, s.cx + s.radius, s.cy + s.radius)
-        fill = COLOURS[s.colour]
         if s.kind == "circle":
-            pen.ellipse(box, fill=fill)
+            pen.ellipse(box, fill=s.fill)
         elif s.kind == "square":
-            pen.rectangle(box, fill=fill)
+            pen.rectangle(box, fill=s.fill)
         else:
-            pen.polygon([(s.cx, s.cy - s.radius), (box[0], box[3]), (box[2], box[3])], fill=fill)
+            pen.polygon([(s.cx, s.cy - s.radius), (box[0], box[3]), (box[2], box[3])], fill=s.fill)
     return image
 
 
-def _scene(rng: random.Random, size: tuple[int, int]) -> list[Shape]:
-    width, height = size
-    cells = [(c, r) for c in range(GRID[0]) for r in range(GRID[1])]
+def _pairs(rng: random.Random, n: int, world: World) -> list[tuple[str, str]]:
+    """n distinct colour-shape pairs; a rare pair survives a draw with probability world.rare_keep."""
     kinds = [(colour, kind) for colour in COLOURS for kind in SHAPES]
-    n = rng.randint(2, 4)
-    cell_w, cell_h = width // GRID[0], height // GRID[1]
-    radius = min(cell_w, cell_h) // 3
+    while True:
+        pairs = rng.sample(kinds, n)
+        if all(p not in RARE or rng.random() < world.rare_keep for p in pairs):
+            return pairs
+
+
+def scene(rng: random.Random, size: tuple[int, int], world: World = EVALUATION) -> list[Shape]:
+    width, height = size
+    cells = [(c, r) for c in range(width // CELL) for r in range(height // CELL)]
+    n = rng.randint(*world.shapes)
     shapes = []
-    for (col, row), (colour, kind) in zip(rng.sample(cells, n), rng.sample(kinds, n), strict=True):
-        cx = col * cell_w + cell_w // 2 + rng.randint(-radius // 3, radius // 3)
-        cy = row * cell_h + cell_h // 2 + rng.randint(-radius // 3, radius // 3)
-        shapes.append(Shape(colour, kind, cx, cy, radius))
+    for (col, row), (colour, kind) in zip(rng.sample(cells, n), _pairs(rng, n, world), strict=True):
+        cx = col * CELL + CELL // 2 + rng.randint(-2, 2)
+        cy = row * CELL + CELL // 2 + rng.randint(-2, 2)
+        normal = rng.randint(*NORMAL_RADIUS)
+        draw_kind = rng.random()
+        if draw_kind < world.small_rate:
+            shapes.append(Shape(colour, kind, cx, cy, rng.randint(SMALLEST, normal), 1.0, "small"))
+        elif draw_kind < world.small_rate + world.faint_rate:
+            contrast = round(rng.uniform(FAINTEST, 1.0), 3)
+            shapes.append(Shape(colour, kind, cx, cy, normal, contrast, "faint"))
+        else:
+            shapes.append(Shape(colour, kind, cx, cy, normal))
     return shapes
 
 
@@ -94,84 +143,87 @@ def _absent(rng: random.Random, shapes: list[Shape]) -> tuple[str, str]:
     return rng.choice([(c, k) for c in COLOURS for k in SHAPES if (c, k) not in present])
 
 
-def _questions(rng: random.Random, shapes: list[Shape]) -> list[dict]:
-    """Several questions of the four kinds for one scene, each with its known answer."""
+def _mechanism(shapes: list[Shape], asked: tuple[str, str] | None = None) -> str:
+    """The planted mechanism behind a question: a small or faint shape it is about first, then a rare
+    pair it names (present or not), else "clean"."""
+    for s in shapes:
+        if s.mechanism != "clean":
+            return s.mechanism
+    pairs = {(s.colour, s.kind) for s in shapes} | ({asked} if asked else set())
+    return "rare_combination" if pairs & RARE else "clean"
+
+
+@dataclass(frozen=True)
+class Question:
+    category: str
+    question: str
+    gt_answer: str
+    is_relational: bool
+    dataset: str
+    mechanism: str
+
+
+def _spatial(rng: random.Random, shapes: list[Shape]) -> list[Question]:
     rows = []
-    target = rng.choice(shapes)
-    rows.append(
-        (
-            "existence",
-            f"Is there {_article(target.colour)} {target.name} in the image?",
-            "yes",
-            False,
-            "demo_shapes",
-        )
-    )
-    colour, kind = _absent(rng, shapes)
-    rows.append(
-        (
-            "existence",
-            f"Is there {_article(colour)} {colour} {kind} in the image?",
-            "no",
-            False,
-            "demo_shapes",
-        )
-    )
-
-    by_kind = {s.kind: [t for t in shapes if t.kind == s.kind] for s in shapes}
-    unique = [s for s in shapes if len(by_kind[s.kind]) == 1]
-    if unique:
-        s = rng.choice(unique)
-        rows.append(("attribute", f"What color is the {s.kind}?", s.colour, False, "demo_shapes"))
-
     a, b = rng.sample(shapes, 2)
     if abs(a.cx - b.cx) > a.radius:
         relation, holds = "to the left of", a.cx < b.cx
     else:
         relation, holds = "above", a.cy < b.cy
-    answer = "yes" if holds else "no"
-    rows.append(("spatial", f"Is the {a.name} {relation} the {b.name}?", answer, True, "demo_shapes"))
-    rows.append(
-        (
-            "spatial",
-            f"Which shape is closest to the {a.name}?",
-            min((t for t in shapes if t != a), key=lambda t: (t.cx - a.cx) ** 2 + (t.cy - a.cy) ** 2).name,
-            True,
-            "demo_shapes",
-        )
-    )
+    text = f"Is the {a.name} {relation} the {b.name}?"
+    rows.append(Question("spatial", text, "yes" if holds else "no", True, "demo_shapes", _mechanism([a, b])))
+    closest = min((t for t in shapes if t != a), key=lambda t: (t.cx - a.cx) ** 2 + (t.cy - a.cy) ** 2)
+    text = f"Which shape is closest to the {a.name}?"
+    rows.append(Question("spatial", text, closest.name, True, "demo_shapes", _mechanism([a, closest])))
+    return rows
 
+
+def questions(rng: random.Random, shapes: list[Shape]) -> list[Question]:
+    """Several questions of the four kinds for one scene, each with its known answer."""
+    rows = []
+    target = rng.choice(shapes)
+    text = f"Is there {_article(target.colour)} {target.name} in the image?"
+    rows.append(Question("existence", text, "yes", False, "demo_shapes", _mechanism([target])))
+    colour, kind = _absent(rng, shapes)
+    text = f"Is there {_article(colour)} {colour} {kind} in the image?"
+    rows.append(Question("existence", text, "no", False, "demo_shapes", _mechanism([], (colour, kind))))
+
+    by_kind = {s.kind: [t for t in shapes if t.kind == s.kind] for s in shapes}
+    unique = [s for s in shapes if len(by_kind[s.kind]) == 1]
+    if unique:
+        s = rng.choice(unique)
+        text = f"What color is the {s.kind}?"
+        rows.append(Question("attribute", text, s.colour, False, "demo_shapes", _mechanism([s])))
+
+    if len(shapes) >= 2:  # training scenes may hold one shape: no relation to ask about
+        rows += _spatial(rng, shapes)
     colour, kind = _absent(rng, shapes)
     anchor = rng.choice(shapes)
-    rows.append(
-        (
-            "false_premise",
-            f"Why is the {colour} {kind} touching the {anchor.name}?",
-            f"No; there is no {colour} {kind} in the image",
-            True,
-            "demo_haloquest",
-        )
-    )
-    return [dict(category=c, question=q, gt_answer=g, is_relational=r, dataset=d) for c, q, g, r, d in rows]
+    text = f"Why is the {colour} {kind} touching the {anchor.name}?"
+    truth = f"No; there is no {colour} {kind} in the image"
+    mechanism = _mechanism([anchor], (colour, kind))
+    rows.append(Question("false_premise", text, truth, True, "demo_haloquest", mechanism))
+    return rows
 
 
 def generate_demo(out_dir: Path, n_images: int, seed: int) -> Path:
-    """Write images/ and questions.csv under out_dir; returns the CSV path."""
+    """Write images/, questions.csv and mechanisms.csv under out_dir; returns the questions' path."""
     rng = random.Random(seed)
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(n_images):
         size = CANVAS_SIZES[rng.randrange(len(CANVAS_SIZES))]
-        shapes = _scene(rng, size)
+        shapes = scene(rng, size)
         image_name = f"demo_{i:05d}.png"
-        _draw(size, shapes).save(images_dir / image_name, format="PNG")
+        draw(size, shapes).save(images_dir / image_name, format="PNG")
         description = _describe(shapes, size)
-        for q in _questions(rng, shapes):
-            records.append(dict(image_name=image_name, description=description, has_image=True, **q))
+        for q in questions(rng, shapes):
+            records.append(dict(image_name=image_name, description=description, has_image=True, **vars(q)))
     table = pd.DataFrame(records)
     table.insert(0, "question_id", [f"question_comb_{n}" for n in range(len(table))])
     csv_path = out_dir / "questions.csv"
     table[list(COLUMNS)].to_csv(csv_path, index=False, lineterminator="\n")
+    table[["question_id", "mechanism"]].to_csv(out_dir / MECHANISMS_CSV, index=False, lineterminator="\n")
     log.info("demo dataset: %d images, %d questions -> %s", n_images, len(table), csv_path)
     return csv_path

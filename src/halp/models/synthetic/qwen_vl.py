@@ -47,6 +47,17 @@ TEXT = {
     | dict(
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
     ),
+    # the demo VLM trained here (halp.organism): wider than tiny so it can learn the demo world
+    "demo": dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+    ),
     "full": dict(  # identical for both 7B checkpoints
         vocab_size=152064,
         hidden_size=3584,
@@ -63,6 +74,7 @@ TEXT = {
 SHARED_VISION = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
 VISION = {
     ("qwen2_vl", "tiny"): dict(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2),
+    ("qwen2_vl", "demo"): dict(depth=2, embed_dim=64, hidden_size=128, mlp_ratio=2, num_heads=4),
     ("qwen2_vl", "full"): dict(depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4, num_heads=16),
     ("qwen2_5_vl", "tiny"): dict(
         depth=2,
@@ -86,6 +98,7 @@ VISION = {
 # tiny: 2x2 to 4x4 image tokens per image; full: the real processors' defaults.
 PIXELS = {
     "tiny": dict(min_pixels=4 * TOKEN, max_pixels=16 * TOKEN),
+    "demo": dict(min_pixels=4 * TOKEN, max_pixels=16 * TOKEN),
     "full": dict(min_pixels=4 * TOKEN, max_pixels=1280 * TOKEN),
 }
 CLASSES = {
