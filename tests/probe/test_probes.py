@@ -143,7 +143,9 @@ def test_shuffled_control_sits_near_chance(planted):
     assert sorted(p.name for p in params.probe.out_dir.iterdir()) == ["m.csv", "m.json"], "metrics untouched"
     report = json.loads(path.read_text())
     assert report["control"] == "shuffled"
-    assert abs(auroc(report, "query_token", PLANTED, "logistic") - 0.5) < 0.15
+    # validation labels are shuffled too: true ones there picked the epoch and leaked the signal (0.67)
+    for probe in ("mlp", "logistic"):
+        assert abs(auroc(report, "query_token", PLANTED, probe) - 0.5) < 0.12, probe
 
 
 def test_same_seed_same_numbers(planted):

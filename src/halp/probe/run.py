@@ -98,11 +98,12 @@ def probe_grid(
     worker process; then the baselines on the same test splits (a callable baseline is given each
     split's training rows). `breakdown` labels each sample with a group to report AUROC within."""
     splits = grouped_splits(y, groups, settings.seeds)
-    fit_labels = []  # per seed: the labels probes train on (training rows permuted for the control)
-    for seed, (train, _, _) in enumerate(splits):
+    fit_labels = []  # per seed: what probes fit on (training and validation rows permuted for the control)
+    for seed, (train, val, _) in enumerate(splits):
         fit_labels.append(y.copy())
-        if control == "shuffled":
-            fit_labels[-1][train] = np.random.default_rng(seed).permutation(y[train])
+        if control == "shuffled":  # validation too: it picks the epoch, and true labels there leak signal
+            fitted = np.concatenate([train, val])
+            fit_labels[-1][fitted] = np.random.default_rng(seed).permutation(y[fitted])
     jobs = (
         delayed(probe_representation)(
             rep, layer, np.asarray(x, np.float32), y, fit_labels, splits, settings, breakdown
