@@ -6,7 +6,7 @@ Training scenes come from `demo.TRAINING` under their own seed, never from the e
 colour-shape pairs are almost absent, small and faint shapes are drawn as in evaluation. A curriculum is
 needed (colour questions first, then shape, then all; without it the model settles on one answer per
 question type), and the budget is counted in steps, not seconds, so the same seed gives the same
-weights on any machine's run of this CPU code.
+weights run after run (tested here; another CPU may round floats differently).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from halp.data import demo
 from halp.models.synthetic.qwen_vl import build_qwen
 
 log = logging.getLogger(__name__)
-# Question kinds in curriculum order; each phase adds the next kind(s) to the pool.
 TRAINING_STREAM = "demo-vlm-training"  # string seeds are hashed (sha512): apart from demo.seed's integers
+# Question kinds in curriculum order; each phase adds the next kind(s) to the pool.
 CURRICULUM = (("colour",), ("shape",), ("existence", "spatial", "closest", "false_premise"))
 
 
@@ -55,8 +55,11 @@ def _kind(q: demo.Question) -> str:
     return q.category
 
 
-def training_questions(rng: random.Random, shapes: list[demo.Shape], false_premise_keep: float):
-    """The evaluation kinds (false premises thinned out) plus a training-only shape question."""
+def training_questions(
+    rng: random.Random, shapes: list[demo.Shape], false_premise_keep: float
+) -> list[tuple[str, str, str]]:
+    """(kind, question, answer) of the evaluation kinds (false premises thinned out) plus a training-only
+    shape question."""
     kept = [
         (_kind(q), q.question, _answer_text(q))
         for q in demo.questions(rng, shapes)
@@ -75,7 +78,7 @@ class TrainingSet:
 
     A row of a batch is one image and all its questions open at that step, as a multi-turn chat in the
     model's own template (questions in a random order): the image passes the encoder once for all of
-    them, which makes a step several times cheaper than one row per question. The first turn is exactly
+    them (about half the cost per question of one row per question, measured). The first turn is exactly
     what evaluation asks.
     """
 
