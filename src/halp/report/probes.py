@@ -22,7 +22,7 @@ def _cell(rows: pd.DataFrame) -> str:
         return "n/a"
     best = rows.loc[rows.auroc_mean.idxmax()]
     where = "" if pd.isna(best.layer) else f"L{int(best.layer)}, "
-    return f"{best.auroc_mean:.3f} [{best.auroc_ci_low:.2f}, {best.auroc_ci_high:.2f}] ({where}{best.probe})"
+    return f"{_interval(best)} ({where}{best.probe})"
 
 
 METADATA = "metadata"  # the baseline that knows only the question's (source, category)
@@ -51,11 +51,10 @@ def table_row(model: str, report: dict, rows: pd.DataFrame) -> str:
 def verdict(model: str, report: dict, rows: pd.DataFrame) -> str:
     """Whether the best probe beats both baselines with 95% intervals that do not overlap."""
     best = rows.loc[rows.auroc_mean.idxmax()]
-    where = _where(best)
     name, output = best_output_baseline(report)
     rivals = {name: output, f"{METADATA} baseline": report["baselines"][METADATA]}
     beaten = [n for n, m in rivals.items() if best.auroc_ci_low > m["auroc_ci_high"]]
-    text = f"**{model}**: best probe {_interval(best)} ({where}, {best.probe}) "
+    text = f"**{model}**: best probe {_interval(best)} ({_where(best)}, {best.probe}) "
     if len(beaten) == len(rivals):
         return text + "beats the best output baseline and the metadata baseline (intervals do not overlap)."
     unbeaten = ", ".join(f"{n} {_interval(m)}" for n, m in rivals.items() if n not in beaten)
