@@ -17,6 +17,7 @@ from halp.extract.layers import resolve_layers
 from halp.models.loading import LoadedModel
 
 VISION = "vision_encoder"
+FIRST_TOKEN = "first_token"
 
 
 @dataclass
@@ -107,21 +108,22 @@ class Extractor:
             adapter.vision_module(model),
             lambda output: adapter.pool_vision(output, inputs, model.config).float().cpu(),
         )
+        # The prefill's logits at the last prompt position are the first step's: keep their top-k only
+        # (generate's output_logits would hold [B, vocab] for every step, 152k wide on Qwen).
+        hooks[FIRST_TOKEN] = (
+            model.get_output_embeddings(),
+            lambda logits: torch.log_softmax(logits[:, -1].float(), dim=-1).topk(self.top_k, dim=-1),
+        )
         with capture_first_call(hooks) as captured:
-            out = model.generate(
-                **inputs,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                return_dict_in_generate=True,
-                output_logits=True,
-                **generate_kwargs,
+            sequences = model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, **generate_kwargs
             )
         states = torch.stack([captured[str(k)] for k in self.layers], dim=1)  # [B, n_layers, 2, H]
         vision_only = captured[VISION]  # [B, D_vis]
         if vision_only.shape[0] != batch:
             raise RuntimeError(f"vision encoder pooled {vision_only.shape[0]} images for a batch of {batch}")
-        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1).topk(self.top_k, dim=-1)
-        generated = out.sequences[:, prompt_len:]
+        logprobs = captured[FIRST_TOKEN]
+        generated = sequences[:, prompt_len:]
         padding = (prompt_len - mask.sum(dim=1)).cpu()
         return BatchOutput(
             vision_only=vision_only.numpy(),
