@@ -14,6 +14,7 @@ import torch
 from halp.config import Params
 from halp.data.images import load_image
 from halp.extract.engine import Extractor, token_positions
+from halp.extract.prefetch import prefetched
 from halp.extract.run import read_samples
 from halp.models.loading import LoadedModel, load_model
 
@@ -35,9 +36,14 @@ def seed_style(loaded: LoadedModel, extractor: Extractor, images, questions, max
         )
 
 
-def engine(extractor: Extractor, images, questions, batch_size: int, max_new_tokens: int) -> None:
-    for start in range(0, len(images), batch_size):
-        batch = extractor.prepare(images[start : start + batch_size], questions[start : start + batch_size])
+def engine(
+    extractor: Extractor, images, questions, batch_size: int, max_new_tokens: int, prefetch: bool = False
+) -> None:
+    batches = (
+        extractor.prepare(images[start : start + batch_size], questions[start : start + batch_size])
+        for start in range(0, len(images), batch_size)
+    )
+    for batch in prefetched(batches, prefetch):
         extractor.run(batch, min_new_tokens=max_new_tokens)
 
 

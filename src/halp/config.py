@@ -143,6 +143,10 @@ class ExtractSettings(_Section):
     write_retry_seconds: list[float] = Field(
         [2, 10, 30], description="waits before each new try of a failed part write (a disk full for a moment)"
     )
+    prefetch: bool = Field(
+        False,
+        description="prepare the next batch in a background thread, in page-locked memory (for GPUs)",
+    )
 
 
 class LLMJudgeSettings(_Section):

@@ -280,3 +280,28 @@ def test_max_samples_extracts_the_samples_first_rows_and_grows_without_redoing_t
     result = halp("extract", "--model", model, cwd=workspace)
     assert "5 samples, 3 already done" in result.stderr
     assert list(open_embeddings(folder).meta.sample_id) == list(samples.question_id.head(5))
+
+
+def test_prefetching_the_next_batch_changes_nothing(workspace):
+    """Batches prepared in a background thread give the same rows, arrays and errors, a corrupt image
+    and a batch the processor refuses (then retried sample by sample) included."""
+    model = "qwen2_vl"
+    samples = pd.read_csv(workspace / "sampled/samples.csv", dtype=str, keep_default_na=False).head(7)
+    (workspace / "demo/images/corrupt.png").write_bytes(b"not an image")
+    Image.new("RGB", (4000, 8), "white").save(workspace / "demo/images/strip.png")
+    samples.loc[1, "image_path"] = str(workspace / "demo/images/corrupt.png")
+    samples.loc[4, "image_path"] = str(workspace / "demo/images/strip.png")
+    samples.to_csv(workspace / "sampled/samples.csv", index=False)
+    runs = {}
+    for prefetch in (False, True):
+        out_dir = f"prefetch_{prefetch}"
+        set_params(workspace, {"extract.prefetch": prefetch, "extract.out_dir": out_dir})
+        halp("extract", "--model", model, cwd=workspace)
+        runs[prefetch] = workspace / out_dir / model
+    plain, ahead = (open_embeddings(runs[p]) for p in (False, True))
+    pd.testing.assert_frame_equal(plain.meta, ahead.meta)
+    errors = ["sample_id", "stage", "kind"]
+    pd.testing.assert_frame_equal(plain.errors[errors], ahead.errors[errors])
+    assert sorted(plain.errors.sample_id) == sorted(samples.question_id[[1, 4]])
+    for name, values in all_arrays(runs[True]).items():
+        np.testing.assert_array_equal(values, all_arrays(runs[False])[name], err_msg=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from PIL.Image import Image
 from torch import Tensor
+from transformers import BatchFeature
 
 from halp.config import ModelSettings
 from halp.extract.capture import capture_first_call
@@ -61,31 +63,54 @@ def _count_until_eos(generated: Tensor, eos_ids: set[int]) -> Tensor:
 class Extractor:
     """Captures VF, VT and QT with hooks during `generate`'s own prefill: no second pass."""
 
-    def __init__(self, loaded: LoadedModel, layers: Sequence[int], max_new_tokens: int, top_k: int):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        layers: Sequence[int],
+        max_new_tokens: int,
+        top_k: int,
+        pin_memory: bool = False,
+    ):
         self.loaded = loaded
         self.layers = list(layers)
         self.max_new_tokens = max_new_tokens
         self.top_k = top_k
+        # page-locked inputs copy to a GPU asynchronously (meant for batches prepared in the background)
+        self.pin_memory = pin_memory and loaded.device.type == "cuda"
+        # a fast tokenizer raises "Already borrowed" when one thread encodes while another decodes
+        self._processor_lock = threading.Lock()
         self.image_token_id = loaded.adapter.image_token(loaded.model)
         eos = loaded.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
 
     @classmethod
     def configured(
-        cls, loaded: LoadedModel, settings: ModelSettings, top_k: int, max_new_tokens: int | None = None
+        cls,
+        loaded: LoadedModel,
+        settings: ModelSettings,
+        top_k: int,
+        max_new_tokens: int | None = None,
+        pin_memory: bool = False,
     ) -> Extractor:
         """The extractor a `models` entry describes, its layers resolved against this model's depth."""
         layers = resolve_layers(settings.layers, loaded.n_blocks, settings.model)
-        return cls(loaded, layers, max_new_tokens or settings.max_new_tokens, top_k)
+        return cls(loaded, layers, max_new_tokens or settings.max_new_tokens, top_k, pin_memory)
 
-    def prepare(self, images: Sequence[Image], questions: Sequence[str]) -> Any:
-        return self.loaded.adapter.build_inputs(self.loaded.processor, images, questions)
+    def prepare(self, images: Sequence[Image], questions: Sequence[str]) -> BatchFeature:
+        """The model's inputs on the CPU; safe to call from a background thread while `run` works."""
+        with self._processor_lock:
+            inputs = self.loaded.adapter.build_inputs(self.loaded.processor, images, questions)
+        if self.pin_memory:
+            inputs = BatchFeature(
+                {k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in inputs.items()}
+            )
+        return inputs
 
     @torch.inference_mode()
-    def run(self, inputs: Any, **generate_kwargs: Any) -> BatchOutput:
+    def run(self, inputs: BatchFeature, **generate_kwargs: Any) -> BatchOutput:
         """Extract from a prepared, left-padded batch; generate_kwargs (min_new_tokens...) go to generate."""
         model, adapter = self.loaded.model, self.loaded.adapter
-        inputs = inputs.to(self.loaded.device)
+        inputs = inputs.to(self.loaded.device, non_blocking=self.pin_memory)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         batch, prompt_len = ids.shape
         vision_pos, query_pos = token_positions(ids, mask, self.image_token_id)
@@ -136,5 +161,9 @@ class Extractor:
             seq_len=mask.sum(dim=1).cpu().numpy(),
             n_image_tokens=(ids == self.image_token_id).sum(dim=1).cpu().numpy(),
             n_generated_tokens=_count_until_eos(generated, self.eos_ids).cpu().numpy(),
-            answers=self.loaded.processor.batch_decode(generated, skip_special_tokens=True),
+            answers=self._decode(generated),
         )
+
+    def _decode(self, generated: Tensor) -> list[str]:
+        with self._processor_lock:
+            return self.loaded.processor.batch_decode(generated, skip_special_tokens=True)

@@ -7,12 +7,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
+from transformers import BatchFeature
 
 from halp.config import Params
 from halp.data.images import load_image
@@ -20,6 +22,7 @@ from halp.digests import file_digest
 from halp.environment import NUMERIC_PACKAGES, warn_if_unlocked
 from halp.extract.distributed import Rank, process_group
 from halp.extract.engine import BatchOutput, Extractor
+from halp.extract.prefetch import prefetched
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import load_model
 from halp.store.parts import ARRAYS, SCHEMA_VERSION, PartBuffer, PartFolder, write_part
@@ -31,6 +34,21 @@ PACKAGES = ("halp", *NUMERIC_PACKAGES)
 def _batches(rows: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
     for start in range(0, len(rows), size):
         yield rows.iloc[start : start + size]
+
+
+@dataclass
+class PreparedBatch:
+    """A batch ready for the model, or why it is not: made in the prefetch thread, used in the main one."""
+
+    rows: pd.DataFrame  # the rows whose image loaded, in order
+    unreadable: list[tuple[pd.Series, str]] = field(default_factory=list)  # (row, why its image failed)
+    inputs: BatchFeature | None = None
+    error: Exception | None = None  # the processor refused the batch
+
+    def model_inputs(self) -> BatchFeature:
+        if self.error is not None:
+            raise self.error
+        return self.inputs
 
 
 def _meta(row: pd.Series, out: BatchOutput, i: int) -> dict:
@@ -63,8 +81,11 @@ class ExtractionRun:
         self.top_k = params.extract.top_k
         self.write_retry_seconds = params.extract.write_retry_seconds
         self.folder = params.extract.out_dir / model_name
+        self.prefetch = params.extract.prefetch
         self.loaded = load_model(self.settings, rank.local)
-        self.extractor = Extractor.configured(self.loaded, self.settings, self.top_k)
+        self.extractor = Extractor.configured(
+            self.loaded, self.settings, self.top_k, pin_memory=self.prefetch
+        )
         self.layers = self.extractor.layers
         self.config_hash = self._config_hash()
         self.parts = PartFolder(self.folder, self.config_hash, rank.index, rank.world)
@@ -125,36 +146,49 @@ class ExtractionRun:
             if len(self.buffer) >= self.settings.checkpoint_interval:
                 self._flush()
 
-    def _extract(self, rows: pd.DataFrame) -> None:
-        """One batch; if it fails as a whole, each sample alone, so one bad sample costs only itself.
-
-        Only the model's work counts as a sample's failure: writing a part happens outside the `try`,
-        so a disk error stops the run instead of blaming (and duplicating) the samples.
-        """
-        images, good = [], []
+    def _prepare(self, rows: pd.DataFrame) -> PreparedBatch:
+        """Images loaded and the processor run; touches nothing shared, so it may run in the background."""
+        images, good, unreadable = [], [], []
         for _, row in rows.iterrows():
             try:
                 images.append(load_image(row.image_path))
                 good.append(row)
             except (FileNotFoundError, ValueError) as err:
-                log.warning("%s: %s", row.question_id, err)
-                self.buffer.fail(row.question_id, "load_image", str(err), "data", row.image_sha256)
-        if not good:
+                unreadable.append((row, str(err)))
+        batch = PreparedBatch(pd.DataFrame(good), unreadable)
+        if good:
+            try:
+                batch.inputs = self.extractor.prepare(images, list(batch.rows.question))
+            except Exception as err:
+                batch.error = err
+        return batch
+
+    def _extract(self, batch: PreparedBatch) -> None:
+        """One batch; if it fails as a whole, each sample alone, so one bad sample costs only itself.
+
+        Only the model's work counts as a sample's failure: writing a part happens outside the `try`,
+        so a disk error stops the run instead of blaming (and duplicating) the samples.
+        """
+        for row, message in batch.unreadable:
+            log.warning("%s: %s", row.question_id, message)
+            self.buffer.fail(row.question_id, "load_image", message, "data", row.image_sha256)
+        rows = batch.rows
+        if rows.empty:
             return
-        good_rows = pd.DataFrame(good)
         try:
-            out = self.extractor.run(self.extractor.prepare(images, list(good_rows.question)))
+            out = self.extractor.run(batch.model_inputs())
         except Exception as err:
-            if len(good_rows) == 1:
-                log.warning("%s: extraction failed: %s", good_rows.iloc[0].question_id, err)
-                message = f"{type(err).__name__}: {err}"
-                self.buffer.fail(good_rows.iloc[0].question_id, "extract", message, "runtime")
+            if len(rows) == 1:
+                log.warning("%s: extraction failed: %s", rows.iloc[0].question_id, err)
+                self.buffer.fail(
+                    rows.iloc[0].question_id, "extract", f"{type(err).__name__}: {err}", "runtime"
+                )
                 return
             log.warning("batch failed (%s); retrying its samples one by one", err)
-            for i in range(len(good_rows)):
-                self._extract(good_rows.iloc[i : i + 1])
+            for i in range(len(rows)):
+                self._extract(self._prepare(rows.iloc[i : i + 1]))
             return
-        self._keep(good_rows, out)
+        self._keep(rows, out)
 
     def _drop_outdated_rows(self, samples: pd.DataFrame) -> None:
         """Rows of samples no longer in the sample, or extracted from an image whose content has changed
@@ -201,9 +235,10 @@ class ExtractionRun:
         self.rank.barrier()
         todo = self._todo(samples.iloc[self.rank.index :: self.rank.world])
         with tqdm(total=len(todo), desc=f"extract {self.name}", unit="sample") as progress:
-            for rows in _batches(todo, self.settings.batch_size):
-                self._extract(rows)
-                progress.update(len(rows))
+            batches = (self._prepare(rows) for rows in _batches(todo, self.settings.batch_size))
+            for batch in prefetched(batches, self.prefetch):
+                self._extract(batch)
+                progress.update(len(batch.rows) + len(batch.unreadable))
         self._flush()
         self.rank.barrier()
         if self.rank.is_main:
