@@ -25,7 +25,6 @@ class LoadedModel:
     adapter: Adapter
     model_type: str
     device: torch.device
-    dtype: torch.dtype
     attn_implementation: str
 
     @property
@@ -85,11 +84,20 @@ def load_model(settings: ModelSettings, local_rank: int = 0) -> LoadedModel:
             attn_implementation=attention,
             device_map=settings.device_map,
         )
-        device = model.device
-    model = model.eval()
     processor = AutoProcessor.from_pretrained(source, revision=revision)
+    return ready(model, processor, source, revision)
+
+
+def ready(model: PreTrainedModel, processor: Any, source: str, revision: str | None = None) -> LoadedModel:
+    """A loaded (or built in memory) model and its processor, set up for extraction."""
+    model_type = model.config.model_type
+    adapter = adapter_for(model_type, source)
+    model = model.eval()
     processor.tokenizer.padding_side = "left"  # batched prompts must end at the same position
     if adapter.after_load is not None:
         adapter.after_load(model, processor, source, revision)
-    log.info("loaded %s (%s) on %s, %s, attention=%s", source, config.model_type, device, dtype, attention)
-    return LoadedModel(model, processor, adapter, config.model_type, device, dtype, attention)
+    attention = model.config._attn_implementation
+    log.info(
+        "loaded %s (%s) on %s, %s, attention=%s", source, model_type, model.device, model.dtype, attention
+    )
+    return LoadedModel(model, processor, adapter, model_type, model.device, attention)

@@ -45,7 +45,8 @@ def repair_loaded(model: PreTrainedModel, processor, source: str, revision: str 
     3. The SigLIP attention says `is_causal = True`, so sdpa and flash-attn attend causally whenever a
        batch has no padded patch (no mask is built): features then depend on the batch. SigLIP is
        bidirectional.
-    The real checkpoint answers about images only with its vision LoRA active.
+    The real checkpoint answers about images only with its vision LoRA active (a model built in memory
+    may carry one already).
     """
     if processor.chat_template is None:
         processor.chat_template = Path(
@@ -55,7 +56,9 @@ def repair_loaded(model: PreTrainedModel, processor, source: str, revision: str 
     for module in resolve(model, PHI4MM_VISION).modules():
         if getattr(module, "is_causal", False):
             module.is_causal = False
-    if not Path(source).is_dir() or (Path(source) / VISION_LORA).is_dir():
+    if "vision" in getattr(model, "peft_config", {}):
+        model.set_adapter("vision")
+    elif not Path(source).is_dir() or (Path(source) / VISION_LORA).is_dir():
         where = {"subfolder": VISION_LORA} | ({"revision": revision} if revision else {})
         model.load_adapter(source, adapter_name="vision", adapter_kwargs=where)
         model.set_adapter("vision")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from halp.models.synthetic.mllama import build_mllama
-from halp.models.synthetic.phi4mm import build_phi4mm, save_vision_lora
+from halp.models.synthetic.phi4mm import attach_vision_lora, build_phi4mm, save_vision_lora
 from halp.models.synthetic.qwen_vl import build_qwen
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,10 @@ BUILDERS: dict[str, Callable[[str], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "mllama": build_mllama,
     "phi4mm": build_phi4mm,
 }
-# Checkpoint parts that are not the model's own weights, written after them (they may wrap the model).
+# Checkpoint parts that are not the model's own weights (Phi-4's vision LoRA): written after them (they
+# may wrap the model), or attached to a model used in memory.
 EXTRAS: dict[str, Callable[[PreTrainedModel, Path, str], None]] = {"phi4mm": save_vision_lora}
+ATTACH: dict[str, Callable[[PreTrainedModel, str], None]] = {"phi4mm": attach_vision_lora}
 
 
 def instantiate(arch: str, size: str = "tiny") -> tuple[PreTrainedModel, ProcessorMixin]:
@@ -53,3 +56,26 @@ def build_synthetic(arch: str, out_dir: Path, seed: int, size: str = "tiny") -> 
         EXTRAS[arch](model, folder, size)
     log.info("%s %s: %d parameters -> %s", size, arch, sum(p.numel() for p in model.parameters()), folder)
     return folder
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def build_in_memory(
+    arch: str, size: str, device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """One model built where and as it will run: parameters made on `device` in `dtype` from the start,
+    so a full-size model needs neither a float32 copy (33 GB for Qwen2.5-VL-7B) nor a disk round trip."""
+    torch.manual_seed(seed)
+    with torch.device(device), _default_dtype(dtype):
+        model, processor = instantiate(arch, size)
+        if arch in ATTACH:
+            ATTACH[arch](model, size)
+    return model.eval(), processor

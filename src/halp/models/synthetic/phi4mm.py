@@ -116,9 +116,18 @@ def build_phi4mm(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     return Phi4MultimodalForCausalLM(config).eval(), processor
 
 
-def save_vision_lora(model: PreTrainedModel, folder: Path, size: str) -> None:
-    """A random (not zero) LoRA on the language model, saved where the real checkpoint keeps its own,
-    so loading it visibly changes the outputs. The caller seeds torch."""
+def _vision_lora(size: str) -> LoraConfig:
+    """Random (not zero) LoRA weights on the language model, so the adapter visibly changes the outputs."""
     rank = LORA_RANK[size]
-    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, init_lora_weights=False)
-    get_peft_model(model, lora).save_pretrained(folder / "vision-lora")
+    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, init_lora_weights=False)
+
+
+def save_vision_lora(model: PreTrainedModel, folder: Path, size: str) -> None:
+    """The vision LoRA saved where the real checkpoint keeps its own. The caller seeds torch."""
+    get_peft_model(model, _vision_lora(size)).save_pretrained(folder / "vision-lora")
+
+
+def attach_vision_lora(model: PreTrainedModel, size: str) -> None:
+    """The vision LoRA added to a model used in memory (the adapter's `after_load` activates it, as after
+    loading). The caller seeds torch."""
+    model.add_adapter(_vision_lora(size), adapter_name="vision")
