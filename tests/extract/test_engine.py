@@ -120,11 +120,37 @@ def phi4mm_vision_reference(model, single) -> torch.Tensor:
     return hidden[model.config.vision_config.feature_layer][mask.flatten(1)].mean(dim=0)
 
 
+def llava_next_vision_reference(model, single) -> torch.Tensor:
+    """CLIP's second-to-last layer over the real tiles, CLS dropped: the base tile's patches and the grid
+    tiles' patches minus the rows (or columns) that only pad the image to the grid's aspect ratio, sliced
+    here by hand; their count plus one newline per row must be the prompt's image-token count."""
+    from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+    config, (height, width) = model.config, single["image_sizes"][0].tolist()
+    tile, patch = config.vision_config.image_size, config.vision_config.patch_size
+    rows, cols = get_anyres_image_grid_shape((height, width), config.image_grid_pinpoints, tile)
+    side = tile // patch
+    pixels = single["pixel_values"][0, : 1 + rows * cols]
+    hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    grid = hidden[1:].reshape(rows, cols, side, side, -1).permute(0, 2, 1, 3, 4)
+    grid = grid.reshape(rows * side, cols * side, -1)  # patches laid out as the image
+    if width / height > grid.shape[1] / grid.shape[0]:  # wider than the grid: rows of padding
+        pad = (grid.shape[0] - int(round(height * grid.shape[1] / width, 7))) // 2
+        grid = grid[pad : grid.shape[0] - pad]
+    else:
+        pad = (grid.shape[1] - int(round(width * grid.shape[0] / height, 7))) // 2
+        grid = grid[:, pad : grid.shape[1] - pad]
+    n_tokens = int((single["input_ids"] == model.config.image_token_id).sum())
+    assert side * side + grid.shape[0] * (grid.shape[1] + 1) == n_tokens
+    return torch.cat([hidden[0], grid.reshape(-1, grid.shape[-1])]).mean(dim=0)
+
+
 VISION_REFERENCE = {
     "Qwen2VLForConditionalGeneration": qwen_vision_reference,
     "Qwen2_5_VLForConditionalGeneration": qwen_vision_reference,
     "MllamaForConditionalGeneration": mllama_vision_reference,
     "Phi4MultimodalForCausalLM": phi4mm_vision_reference,
+    "LlavaNextForConditionalGeneration": llava_next_vision_reference,
 }
 
 

@@ -12,13 +12,20 @@ from halp.models.synthetic import instantiate
 from halp.models.synthetic.phi4mm import LORA_TARGETS
 
 # published parameter counts of the real checkpoints (model cards / safetensors totals)
-PUBLISHED = {"qwen2_vl": 8.29e9, "qwen2_5_vl": 8.29e9, "mllama": 10.67e9, "phi4mm": 5.57e9}
+PUBLISHED = {
+    "qwen2_vl": 8.29e9,
+    "qwen2_5_vl": 8.29e9,
+    "mllama": 10.67e9,
+    "phi4mm": 5.57e9,
+    "llava_next": 7_566_747_648,  # llava-hf/llava-v1.6-mistral-7b-hf's safetensors total
+}
 FRACTIONS = [0, 0.25, 0.5, 0.75, 1.0]
 RESOLVED = {
     "qwen2_vl": [0, 7, 14, 21, 27],
     "qwen2_5_vl": [0, 7, 14, 21, 27],
     "mllama": [0, 10, 20, 30, 39],
     "phi4mm": [0, 8, 16, 24, 31],
+    "llava_next": [0, 8, 16, 24, 31],
 }
 PHI4MM_LORA_RANKS = {"vision": 256, "speech": 320}  # the checkpoint's vision-lora and speech-lora
 

@@ -27,7 +27,9 @@ EXPECTED = {
         "<|start_header_id|>assistant<|end_header_id|>\n\n",
     ),
     "phi4mm": ("Phi4MultimodalForCausalLM", "<|image|>", "<|user|><|image|>hi<|end|><|assistant|>"),
+    "llava_next": ("LlavaNextForConditionalGeneration", "<image>", "[INST] <image>\nhi [/INST]"),
 }
+ADDS_BOS = {"mllama", "llava_next"}  # like the real Llama-3 and Mistral tokenizers
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -49,7 +51,8 @@ def test_tiny_model_reloads_as_the_real_classes(tiny_dir, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prompts_are_tokenised_as_the_models_own_chat_template_does(load_tiny, mixed_batch, arch):
-    """One BOS at most: the Llama-3 template renders it and the tokenizer would add it again."""
+    """One BOS where the real model has one: the Llama-3 template renders it and the tokenizer would add
+    it again; Mistral's template leaves it to the tokenizer."""
     loaded = load_tiny(arch)
     images, questions = mixed_batch
     inputs = loaded.adapter.build_inputs(loaded.processor, images, questions)
@@ -62,11 +65,12 @@ def test_prompts_are_tokenised_as_the_models_own_chat_template_does(load_tiny, m
     )
     assert inputs["input_ids"].tolist() == own["input_ids"]
     tokenizer = loaded.processor.tokenizer
-    if arch == "mllama":  # like the real one, the tiny tokenizer adds a BOS of its own
+    if arch in ADDS_BOS:  # like the real one, the tiny tokenizer adds a BOS of its own
         assert tokenizer("hi")["input_ids"][0] == tokenizer.bos_token_id
     for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True):
         prompt = ids[mask.bool()].tolist()
         assert prompt[:2] != [tokenizer.bos_token_id] * 2
+        assert (prompt[0] == tokenizer.bos_token_id) == (arch in ADDS_BOS)  # where the real one has it
 
 
 def test_same_seed_same_weights(tmp_path, tiny_dir):
@@ -107,6 +111,6 @@ def test_unsupported_architecture_lists_the_supported(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(
         ValueError,
-        match=r"'llama' model, which halp has no adapter for.*mllama, phi4_multimodal, qwen2_5_vl, qwen2_vl",
+        match=r"'llama' model, which halp has no adapter for.*llava_next, mllama, phi4_multimodal, qwen2",
     ):
         load_model(ModelSettings(model=str(tmp_path)))

@@ -131,7 +131,7 @@ class Extractor:
         hooks = {str(k): (blocks[k], keep_positions) for k in self.layers}
         hooks[VISION] = (
             adapter.vision_module(model),
-            lambda output: adapter.pool_vision(output, inputs, model.config).float().cpu(),
+            lambda output: adapter.pool_vision(output, inputs, model).float().cpu(),
         )
         # The prefill's logits at the last prompt position are the first step's: keep their top-k only
         # (generate's output_logits would hold [B, vocab] for every step, 152k wide on Qwen).

@@ -12,12 +12,12 @@ from typing import Any
 import transformers
 from PIL.Image import Image
 from torch import Tensor, nn
-from transformers import AutoModelForImageTextToText, BatchFeature, PretrainedConfig
+from transformers import AutoModelForImageTextToText, BatchFeature
 
-# (encoder output, the batch's processor outputs, model config) -> [B, D_vis], one vector per sample.
-VisionPooler = Callable[[Any, BatchFeature, PretrainedConfig], Tensor]
-# processor outputs -> (args, kwargs) that call the vision encoder alone, as the model itself would.
-VisionCall = Callable[[BatchFeature], tuple[tuple, dict]]
+# (encoder output, the batch's processor outputs, the model) -> [B, D_vis], one vector per sample.
+VisionPooler = Callable[[Any, BatchFeature, nn.Module], Tensor]
+# (processor outputs, the model) -> (args, kwargs) that call the vision encoder alone, as the model would.
+VisionCall = Callable[[BatchFeature, nn.Module], tuple[tuple, dict]]
 # (model, processor, source, revision) -> None: fixes applied right after loading.
 AfterLoad = Callable[[Any, Any, str, str | None], None]
 
@@ -58,8 +58,8 @@ class Adapter:
 
     def standalone_vision(self, model: nn.Module, inputs: BatchFeature) -> Tensor:
         """VF from a separate pass over the vision encoder: the seed scripts' way, kept as a reference."""
-        args, kwargs = self.vision_call(inputs)
-        return self.pool_vision(self.vision_module(model)(*args, **kwargs), inputs, model.config)
+        args, kwargs = self.vision_call(inputs, model)
+        return self.pool_vision(self.vision_module(model)(*args, **kwargs), inputs, model)
 
     def image_token(self, model: nn.Module) -> int:
         return int(resolve(model.config, self.image_token_id))

@@ -7,13 +7,13 @@ VF is a mean over image patches for every architecture, and Qwen and SigLIP have
 
 from __future__ import annotations
 
-from torch import Tensor
-from transformers import BatchFeature, PretrainedConfig
+from torch import Tensor, nn
+from transformers import BatchFeature
 
 from halp.models.adapter import Adapter
 
 
-def pool_real_tiles(output, inputs: BatchFeature, config: PretrainedConfig) -> Tensor:
+def pool_real_tiles(output, inputs: BatchFeature, model: nn.Module) -> Tensor:
     features = output.last_hidden_state[..., 1:, :].float()  # [B, n_img, n_tiles, patches, D], CLS dropped
     real = inputs["aspect_ratio_mask"].to(features.device, features.dtype)  # [B, n_img, n_tiles]
     summed = (features * real[..., None, None]).sum(dim=(1, 2, 3))
@@ -26,7 +26,7 @@ MLLAMA = Adapter(
     vision_encoder="model.vision_model",
     image_token_id="image_token_id",
     pool_vision=pool_real_tiles,
-    vision_call=lambda inputs: (
+    vision_call=lambda inputs, model: (
         (),
         {k: inputs[k] for k in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")},
     ),

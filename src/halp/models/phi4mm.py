@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, BatchFeature, PreTrainedModel
 from transformers.utils import cached_file
 from transformers.utils.output_capturing import maybe_install_capturing_hooks
@@ -23,8 +23,8 @@ VISION_LORA = "vision-lora"
 PHI4MM_VISION = "model.embed_tokens_extend.image_embed.img_processor"
 
 
-def pool_real_patches(output, inputs: BatchFeature, config) -> Tensor:
-    features = output.hidden_states[config.vision_config.feature_layer].float()  # [B * crops, P, D]
+def pool_real_patches(output, inputs: BatchFeature, model: nn.Module) -> Tensor:
+    features = output.hidden_states[model.config.vision_config.feature_layer].float()  # [B * crops, P, D]
     pixels = inputs["image_pixel_values"]  # [B, crops, 3, crop, crop]
     batch, crops, crop = pixels.shape[0], pixels.shape[1], pixels.shape[-1]
     features = features.view(batch, crops, -1, features.shape[-1])
@@ -71,7 +71,7 @@ PHI4MM = Adapter(
     vision_encoder=PHI4MM_VISION,
     image_token_id="vision_config.image_token_id",
     pool_vision=pool_real_patches,
-    vision_call=lambda inputs: (
+    vision_call=lambda inputs, model: (
         (inputs["image_pixel_values"].flatten(0, 1),),
         {
             "patch_attention_mask": inputs["image_attention_mask"].flatten(0, 1).bool(),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-from transformers import BatchFeature, PretrainedConfig
+from torch import Tensor, nn
+from transformers import BatchFeature
 
 from halp.models.adapter import Adapter
 
 
-def pool_patches_per_image(output, inputs: BatchFeature, config: PretrainedConfig) -> Tensor:
+def pool_patches_per_image(output, inputs: BatchFeature, model: nn.Module) -> Tensor:
     """Mean of each image's own patches. The tower concatenates all images' patches ([P_total, D_vis],
     pre-merger); `image_grid_thw` says how many belong to each. Qwen2.5-VL permutes patches into
     windows, but only within an image, and a mean does not depend on order."""
@@ -24,5 +24,5 @@ QWEN_VL = Adapter(
     vision_encoder="model.visual",
     image_token_id="image_token_id",
     pool_vision=pool_patches_per_image,
-    vision_call=lambda inputs: ((inputs["pixel_values"],), {"grid_thw": inputs["image_grid_thw"]}),
+    vision_call=lambda inputs, model: ((inputs["pixel_values"],), {"grid_thw": inputs["image_grid_thw"]}),
 )

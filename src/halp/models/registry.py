@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from halp.models.adapter import Adapter
+from halp.models.llava_next import LLAVA_NEXT
 from halp.models.mllama import MLLAMA
 from halp.models.phi4mm import PHI4MM
 from halp.models.qwen_vl import QWEN_VL
@@ -12,6 +13,7 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen2_5_vl": QWEN_VL,
     "mllama": MLLAMA,
     "phi4_multimodal": PHI4MM,
+    "llava_next": LLAVA_NEXT,
 }
 
 

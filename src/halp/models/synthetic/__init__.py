@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
+from halp.models.synthetic.llava_next import build_llava_next
 from halp.models.synthetic.mllama import build_mllama
 from halp.models.synthetic.phi4mm import attach_vision_lora, build_phi4mm, save_vision_lora
 from halp.models.synthetic.qwen_vl import build_qwen
@@ -28,6 +29,7 @@ BUILDERS: dict[str, Callable[[str], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "qwen2_5_vl": partial(build_qwen, "qwen2_5_vl"),
     "mllama": build_mllama,
     "phi4mm": build_phi4mm,
+    "llava_next": build_llava_next,
 }
 # Checkpoint parts that are not the model's own weights (Phi-4's vision LoRA): written after them (they
 # may wrap the model), or attached to a model used in memory.
