@@ -23,7 +23,8 @@ from halp.bench import engine, seed_style
 from halp.config import ModelSettings
 from halp.extract.engine import Extractor
 from halp.models.loading import load_model, pick_attention, pick_device, ready
-from halp.models.synthetic import build_in_memory
+from halp.models.registry import adapter_for
+from halp.models.synthetic import BUILDERS, build_in_memory
 
 QUESTION = (
     "Is the small red object on the left side of the table touching the large blue cup in this picture?"
@@ -34,9 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--arch", default="qwen2_5_vl", choices=["qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm"]
-    )
+    parser.add_argument("--arch", default="qwen2_5_vl", choices=sorted(BUILDERS))
     parser.add_argument("--size", default="full", choices=["tiny", "full"])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -64,7 +63,8 @@ def main() -> None:
     else:  # built on the device in the target dtype: no float32 copy, no disk round trip
         device = pick_device(args.device)
         model, processor = build_in_memory(args.arch, args.size, device, getattr(torch, args.dtype))
-        model.set_attn_implementation(pick_attention(args.attn, device))
+        adapter = adapter_for(model.config.model_type, settings.model)
+        model.set_attn_implementation(pick_attention(args.attn, device, adapter))
         loaded = ready(model, processor, settings.model)
     extractor = Extractor.configured(loaded, settings, top_k=5, max_new_tokens=args.new_tokens)
     ahead = Extractor.configured(loaded, settings, 5, args.new_tokens, pin_memory=True)

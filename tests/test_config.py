@@ -9,7 +9,15 @@ from halp.models.loading import pick_device
 
 def test_repository_params_are_valid():
     params = load_params()
-    assert set(params.models) == {"qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm", "llava_next", "demo_vlm"}
+    assert set(params.models) == {
+        "qwen2_vl",
+        "qwen2_5_vl",
+        "mllama",
+        "phi4mm",
+        "llava_next",
+        "gemma3",
+        "demo_vlm",
+    }
 
 
 def test_every_problem_is_listed_with_its_place(tmp_path):

@@ -21,7 +21,7 @@ from tests.conftest import copy_repo, set_params
 from tests.extract.test_parallel import assert_same_extraction
 
 pytestmark = pytest.mark.slow
-TINY = ("qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm", "llava_next")
+TINY = ("qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm", "llava_next", "gemma3")
 MODELS = (*TINY, "demo_vlm")
 # The default pipeline, smaller: 64 questions for every model, a demo VLM trained for a few steps only.
 SMALL = {

@@ -28,8 +28,13 @@ EXPECTED = {
     ),
     "phi4mm": ("Phi4MultimodalForCausalLM", "<|image|>", "<|user|><|image|>hi<|end|><|assistant|>"),
     "llava_next": ("LlavaNextForConditionalGeneration", "<image>", "[INST] <image>\nhi [/INST]"),
+    "gemma3": (
+        "Gemma3ForConditionalGeneration",
+        "<image_soft_token>",
+        "<bos><start_of_turn>user\n<start_of_image>hi<end_of_turn>\n<start_of_turn>model\n",
+    ),
 }
-ADDS_BOS = {"mllama", "llava_next"}  # like the real Llama-3 and Mistral tokenizers
+ADDS_BOS = {"mllama", "llava_next", "gemma3"}  # like the real Llama-3, Mistral and Gemma tokenizers
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -51,8 +56,8 @@ def test_tiny_model_reloads_as_the_real_classes(tiny_dir, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prompts_are_tokenised_as_the_models_own_chat_template_does(load_tiny, mixed_batch, arch):
-    """One BOS where the real model has one: the Llama-3 template renders it and the tokenizer would add
-    it again; Mistral's template leaves it to the tokenizer."""
+    """One BOS where the real model has one: the Llama-3 and Gemma templates render it and the tokenizer
+    would add it again; Mistral's template leaves it to the tokenizer."""
     loaded = load_tiny(arch)
     images, questions = mixed_batch
     inputs = loaded.adapter.build_inputs(loaded.processor, images, questions)

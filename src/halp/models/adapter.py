@@ -48,6 +48,7 @@ class Adapter:
     vision_call: VisionCall
     auto_class: type = AutoModelForImageTextToText
     nest_images: bool = False  # the processor wants one list of images per prompt
+    flash_attention: bool = True  # False: flash-attention-2 would drop a mask the model needs
     after_load: AfterLoad | None = None
 
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]:

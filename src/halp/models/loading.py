@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoConfig, AutoProcessor, PreTrainedModel
 
 from halp.config import ConfigError, ModelSettings
@@ -47,13 +48,17 @@ def pick_device(setting: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def pick_attention(setting: str, device: torch.device) -> str:
-    """flash_attention_2 where it is installed and can run (CUDA), else PyTorch's sdpa."""
+def pick_attention(setting: str, device: torch.device, adapter: Adapter) -> str:
+    """flash_attention_2 where it is installed, can run (CUDA) and keeps the model's masks, else sdpa."""
+    if setting == "flash_attention_2" and not adapter.flash_attention:
+        raise ConfigError(
+            "attn_implementation flash_attention_2 would drop this model's bidirectional image-token mask "
+            f"in transformers {transformers.__version__}: use auto, sdpa or eager"
+        )
     if setting != "auto":
         return setting
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    flash = importlib.util.find_spec("flash_attn") is not None and adapter.flash_attention
+    return "flash_attention_2" if device.type == "cuda" and flash else "sdpa"
 
 
 def load_model(settings: ModelSettings, local_rank: int = 0) -> LoadedModel:
@@ -71,7 +76,7 @@ def load_model(settings: ModelSettings, local_rank: int = 0) -> LoadedModel:
     resolve_layers(settings.layers, getattr(config, "text_config", config).num_hidden_layers, source)
     device = pick_device(settings.device, local_rank)
     dtype = getattr(torch, settings.dtype)
-    attention = pick_attention(settings.attn_implementation, device)
+    attention = pick_attention(settings.attn_implementation, device, adapter)
     if settings.device_map is None:
         model = adapter.auto_class.from_pretrained(
             source, revision=revision, dtype=dtype, attn_implementation=attention

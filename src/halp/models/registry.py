@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from halp.models.adapter import Adapter
+from halp.models.gemma3 import GEMMA3
 from halp.models.llava_next import LLAVA_NEXT
 from halp.models.mllama import MLLAMA
 from halp.models.phi4mm import PHI4MM
@@ -14,6 +15,7 @@ ADAPTERS: dict[str, Adapter] = {
     "mllama": MLLAMA,
     "phi4_multimodal": PHI4MM,
     "llava_next": LLAVA_NEXT,
+    "gemma3": GEMMA3,
 }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
+from halp.models.synthetic.gemma3 import build_gemma3
 from halp.models.synthetic.llava_next import build_llava_next
 from halp.models.synthetic.mllama import build_mllama
 from halp.models.synthetic.phi4mm import attach_vision_lora, build_phi4mm, save_vision_lora
@@ -30,6 +31,7 @@ BUILDERS: dict[str, Callable[[str], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "mllama": build_mllama,
     "phi4mm": build_phi4mm,
     "llava_next": build_llava_next,
+    "gemma3": build_gemma3,
 }
 # Checkpoint parts that are not the model's own weights (Phi-4's vision LoRA): written after them (they
 # may wrap the model), or attached to a model used in memory.
