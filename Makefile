@@ -21,7 +21,13 @@ venv: $(VENV)/.installed
 # Re-resolve pyproject.toml's ranges into the lock (every package, pinned and hashed; Python 3.11, Linux
 # x86_64). Keeps existing pins that still fit; LOCK_ARGS=--upgrade takes the newest releases,
 # LOCK_ARGS='--upgrade-package transformers' one package.
-lock: venv
+# Only the locked tools, not halp itself: after pyproject.toml gains a dependency, the old lock cannot
+# install halp (pip check would fail), yet it holds pip-compile.
+$(VENV)/bin/pip-compile:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+
+lock: $(VENV)/bin/pip-compile
 	CUSTOM_COMPILE_COMMAND="make lock" pip-compile --quiet --extra dev --allow-unsafe --generate-hashes \
 		--strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) -o $(LOCK) pyproject.toml
 
