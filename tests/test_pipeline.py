@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from halp.models.synthetic import build_synthetic
+from halp.models.synthetic import BUILDERS, build_synthetic
 from halp.store import open_embeddings
 from tests.conftest import copy_repo, set_params
 from tests.extract.test_parallel import assert_same_extraction
 
 pytestmark = pytest.mark.slow
-TINY = ("qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm", "llava_next", "gemma3")
+TINY = tuple(BUILDERS)  # every tiny architecture, as the default pipeline has them
 MODELS = (*TINY, "demo_vlm")
 # The default pipeline, smaller: 64 questions for every model, a demo VLM trained for a few steps only.
 SMALL = {

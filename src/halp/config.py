@@ -33,7 +33,7 @@ class TinySettings(_Section):
 
     out_dir: Path = Path("models/tiny")
     seed: int = 0
-    archs: list[str] = ["qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm", "llava_next", "gemma3"]
+    archs: list[str] = ["qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm", "llava_next", "gemma3", "smolvlm"]
 
 
 class OrganismSettings(_Section):

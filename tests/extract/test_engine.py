@@ -153,6 +153,20 @@ def gemma3_vision_reference(model, single) -> torch.Tensor:
     return model.model.vision_tower(pixel_values=single["pixel_values"]).last_hidden_state[0].mean(dim=0)
 
 
+def smolvlm_vision_reference(model, single) -> torch.Tensor:
+    """SigLIP over the sample's own crops (its image tokens / tokens per crop: the split crops and the
+    global image), mean over the patches its pixel_attention_mask marks; in a batch, the padding crops
+    of the shorter samples must not count (batched == one by one checks that)."""
+    vision, scale = model.config.vision_config, model.config.scale_factor
+    side = vision.image_size // vision.patch_size
+    n_crops = int((single["input_ids"] == model.config.image_token_id).sum()) // (side * side // scale**2)
+    pixels = single["pixel_values"][0, :n_crops]
+    mask = single["pixel_attention_mask"][0, :n_crops].bool()
+    patches = mask.reshape(n_crops, side, vision.patch_size, side, vision.patch_size).any(dim=(2, 4))
+    hidden = model.model.vision_model(pixel_values=pixels, patch_attention_mask=patches).last_hidden_state
+    return hidden[patches.flatten(1)].mean(dim=0)
+
+
 VISION_REFERENCE = {
     "Qwen2VLForConditionalGeneration": qwen_vision_reference,
     "Qwen2_5_VLForConditionalGeneration": qwen_vision_reference,
@@ -160,6 +174,7 @@ VISION_REFERENCE = {
     "Phi4MultimodalForCausalLM": phi4mm_vision_reference,
     "LlavaNextForConditionalGeneration": llava_next_vision_reference,
     "Gemma3ForConditionalGeneration": gemma3_vision_reference,
+    "SmolVLMForConditionalGeneration": smolvlm_vision_reference,
 }
 
 

@@ -8,6 +8,7 @@ from halp.models.llava_next import LLAVA_NEXT
 from halp.models.mllama import MLLAMA
 from halp.models.phi4mm import PHI4MM
 from halp.models.qwen_vl import QWEN_VL
+from halp.models.smolvlm import SMOLVLM
 
 ADAPTERS: dict[str, Adapter] = {
     "qwen2_vl": QWEN_VL,
@@ -16,6 +17,7 @@ ADAPTERS: dict[str, Adapter] = {
     "phi4_multimodal": PHI4MM,
     "llava_next": LLAVA_NEXT,
     "gemma3": GEMMA3,
+    "smolvlm": SMOLVLM,
 }
 
 

@@ -21,6 +21,7 @@ from halp.models.synthetic.llava_next import build_llava_next
 from halp.models.synthetic.mllama import build_mllama
 from halp.models.synthetic.phi4mm import attach_vision_lora, build_phi4mm, save_vision_lora
 from halp.models.synthetic.qwen_vl import build_qwen
+from halp.models.synthetic.smolvlm import build_smolvlm
 
 log = logging.getLogger(__name__)
 SIZES = ("tiny", "full")
@@ -32,6 +33,7 @@ BUILDERS: dict[str, Callable[[str], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "phi4mm": build_phi4mm,
     "llava_next": build_llava_next,
     "gemma3": build_gemma3,
+    "smolvlm": build_smolvlm,
 }
 # Checkpoint parts that are not the model's own weights (Phi-4's vision LoRA): written after them (they
 # may wrap the model), or attached to a model used in memory.
