@@ -33,7 +33,9 @@ class TinySettings(_Section):
 
     out_dir: Path = Path("models/tiny")
     seed: int = 0
-    archs: list[str] = ["qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm", "llava_next", "gemma3", "smolvlm"]
+    archs: list[str] = Field(
+        ["qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm", "llava_next", "gemma3", "smolvlm", "fast_vlm"]
+    )
 
 
 class OrganismSettings(_Section):

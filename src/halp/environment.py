@@ -16,7 +16,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-NUMERIC_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "numpy", "h5py")
+NUMERIC_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "timm", "numpy", "h5py")
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"  # present in a source checkout
 FIX = "`make venv` installs the locked set; if the new version is deliberate, `make lock` updates the lock"
 _PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+)")

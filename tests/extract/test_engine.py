@@ -13,7 +13,7 @@ from tests.conftest import ARCHS
 LAYERS = [0, 2, 3]  # first, middle and last block of the 4-block tiny models
 MAX_NEW = 6
 TOL = 1e-4
-FIXED_IMAGE_SIZE = {"gemma3"}  # every image resized to one size: the same image tokens for all
+FIXED_IMAGE_SIZE = {"gemma3", "fast_vlm"}  # every image resized to one size: the same image tokens for all
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -167,6 +167,11 @@ def smolvlm_vision_reference(model, single) -> torch.Tensor:
     return hidden[patches.flatten(1)].mean(dim=0)
 
 
+def fast_vlm_vision_reference(model, single) -> torch.Tensor:
+    """The FastViT tower's output grid, mean over height and width."""
+    return model.model.vision_tower(single["pixel_values"]).last_hidden_state[0].mean(dim=(1, 2))
+
+
 VISION_REFERENCE = {
     "Qwen2VLForConditionalGeneration": qwen_vision_reference,
     "Qwen2_5_VLForConditionalGeneration": qwen_vision_reference,
@@ -175,6 +180,7 @@ VISION_REFERENCE = {
     "LlavaNextForConditionalGeneration": llava_next_vision_reference,
     "Gemma3ForConditionalGeneration": gemma3_vision_reference,
     "SmolVLMForConditionalGeneration": smolvlm_vision_reference,
+    "FastVlmForConditionalGeneration": fast_vlm_vision_reference,
 }
 
 

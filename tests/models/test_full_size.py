@@ -20,6 +20,7 @@ PUBLISHED = {
     "llava_next": 7_566_747_648,  # llava-hf/llava-v1.6-mistral-7b-hf's safetensors total
     "gemma3": 12_187_325_040,  # google/gemma-3-12b-it
     "smolvlm": 2_246_784_880,  # HuggingFaceTB/SmolVLM2-2.2B-Instruct
+    "fast_vlm": 7.76e9,  # apple/FastVLM-7B (converted: KamilaMila/FastVLM-7B)
 }
 FRACTIONS = [0, 0.25, 0.5, 0.75, 1.0]
 RESOLVED = {
@@ -30,6 +31,7 @@ RESOLVED = {
     "llava_next": [0, 8, 16, 24, 31],
     "gemma3": [0, 12, 24, 36, 47],
     "smolvlm": [0, 6, 12, 18, 23],
+    "fast_vlm": [0, 7, 14, 21, 27],
 }
 PHI4MM_LORA_RANKS = {"vision": 256, "speech": 320}  # the checkpoint's vision-lora and speech-lora
 

@@ -38,6 +38,11 @@ EXPECTED = {
         "<image>",
         "<|im_start|>User:<image>hi<end_of_utterance>\nAssistant:",
     ),
+    "fast_vlm": (
+        "FastVlmForConditionalGeneration",
+        "<image>",
+        "<|im_start|>user\n<image>\nhi<|im_end|>\n<|im_start|>assistant\n",
+    ),
 }
 ADDS_BOS = {"mllama", "llava_next", "gemma3"}  # like the real Llama-3, Mistral and Gemma tokenizers
 # prompts that start with the BOS, rendered by the template or added by the tokenizer, never both

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from halp.models.adapter import Adapter
+from halp.models.fast_vlm import FAST_VLM
 from halp.models.gemma3 import GEMMA3
 from halp.models.llava_next import LLAVA_NEXT
 from halp.models.mllama import MLLAMA
@@ -18,6 +19,7 @@ ADAPTERS: dict[str, Adapter] = {
     "llava_next": LLAVA_NEXT,
     "gemma3": GEMMA3,
     "smolvlm": SMOLVLM,
+    "fast_vlm": FAST_VLM,
 }
 
 

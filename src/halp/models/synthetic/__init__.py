@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
+from halp.models.synthetic.fast_vlm import build_fast_vlm
 from halp.models.synthetic.gemma3 import build_gemma3
 from halp.models.synthetic.llava_next import build_llava_next
 from halp.models.synthetic.mllama import build_mllama
@@ -34,6 +35,7 @@ BUILDERS: dict[str, Callable[[str], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "llava_next": build_llava_next,
     "gemma3": build_gemma3,
     "smolvlm": build_smolvlm,
+    "fast_vlm": build_fast_vlm,
 }
 # Checkpoint parts that are not the model's own weights (Phi-4's vision LoRA): written after them (they
 # may wrap the model), or attached to a model used in memory.
