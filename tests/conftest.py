@@ -22,7 +22,7 @@ from halp.models.loading import LoadedModel, load_model
 from halp.models.synthetic import build_synthetic
 
 QWEN_ARCHS = ["qwen2_vl", "qwen2_5_vl"]
-ARCHS = [*QWEN_ARCHS, "mllama", "phi4mm", "llava_next", "gemma3", "smolvlm", "fast_vlm"]
+ARCHS = [*QWEN_ARCHS, "mllama", "phi4mm", "llava_next", "gemma3", "smolvlm", "fast_vlm", "molmo2"]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -34,7 +34,17 @@ class TinySettings(_Section):
     out_dir: Path = Path("models/tiny")
     seed: int = 0
     archs: list[str] = Field(
-        ["qwen2_vl", "qwen2_5_vl", "mllama", "phi4mm", "llava_next", "gemma3", "smolvlm", "fast_vlm"]
+        [
+            "qwen2_vl",
+            "qwen2_5_vl",
+            "mllama",
+            "phi4mm",
+            "llava_next",
+            "gemma3",
+            "smolvlm",
+            "fast_vlm",
+            "molmo2",
+        ]
     )
 
 

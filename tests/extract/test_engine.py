@@ -172,6 +172,27 @@ def fast_vlm_vision_reference(model, single) -> torch.Tensor:
     return model.model.vision_tower(single["pixel_values"]).last_hidden_state[0].mean(dim=(1, 2))
 
 
+def molmo2_vision_reference(model, single) -> torch.Tensor:
+    """What the adapter itself receives in a plain forward (its concatenated ViT layers), mean over the
+    patches its pooling indices read."""
+    seen = {}
+
+    def keep(module, args, kwargs):
+        seen["features"], seen["indices"] = (
+            kwargs.get("image_features", args[0]),
+            kwargs.get("pooled_patches_idx", args[1] if len(args) > 1 else None),
+        )
+
+    handle = model.model.multi_modal_projector.register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        model(**single)
+    finally:
+        handle.remove()
+    features = seen["features"].reshape(-1, seen["features"].shape[-1])
+    read = seen["indices"][seen["indices"] >= 0].unique()
+    return features[read].mean(dim=0)
+
+
 VISION_REFERENCE = {
     "Qwen2VLForConditionalGeneration": qwen_vision_reference,
     "Qwen2_5_VLForConditionalGeneration": qwen_vision_reference,
@@ -181,6 +202,7 @@ VISION_REFERENCE = {
     "Gemma3ForConditionalGeneration": gemma3_vision_reference,
     "SmolVLMForConditionalGeneration": smolvlm_vision_reference,
     "FastVlmForConditionalGeneration": fast_vlm_vision_reference,
+    "Molmo2ForConditionalGeneration": molmo2_vision_reference,
 }
 
 

@@ -21,6 +21,7 @@ PUBLISHED = {
     "gemma3": 12_187_325_040,  # google/gemma-3-12b-it
     "smolvlm": 2_246_784_880,  # HuggingFaceTB/SmolVLM2-2.2B-Instruct
     "fast_vlm": 7.76e9,  # apple/FastVLM-7B (converted: KamilaMila/FastVLM-7B)
+    "molmo2": 8_661_703_120,  # allenai/Molmo2-8B
 }
 FRACTIONS = [0, 0.25, 0.5, 0.75, 1.0]
 RESOLVED = {
@@ -32,6 +33,7 @@ RESOLVED = {
     "gemma3": [0, 12, 24, 36, 47],
     "smolvlm": [0, 6, 12, 18, 23],
     "fast_vlm": [0, 7, 14, 21, 27],
+    "molmo2": [0, 9, 18, 27, 35],
 }
 PHI4MM_LORA_RANKS = {"vision": 256, "speech": 320}  # the checkpoint's vision-lora and speech-lora
 

@@ -43,10 +43,16 @@ EXPECTED = {
         "<image>",
         "<|im_start|>user\n<image>\nhi<|im_end|>\n<|im_start|>assistant\n",
     ),
+    "molmo2": (
+        "Molmo2ForConditionalGeneration",
+        "<im_patch>",
+        "<|im_start|>user\n<|image|>hi<|im_end|>\n<|im_start|>assistant\n",
+    ),
 }
 ADDS_BOS = {"mllama", "llava_next", "gemma3"}  # like the real Llama-3, Mistral and Gemma tokenizers
-# prompts that start with the BOS, rendered by the template or added by the tokenizer, never both
-BOS_FIRST = ADDS_BOS | {"smolvlm"}
+# prompts that start with the BOS, rendered by the template, added by the tokenizer or written by the
+# processor (Molmo2), once
+BOS_FIRST = ADDS_BOS | {"smolvlm", "molmo2"}
 
 
 @pytest.mark.parametrize("arch", ARCHS)

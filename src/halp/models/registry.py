@@ -7,6 +7,7 @@ from halp.models.fast_vlm import FAST_VLM
 from halp.models.gemma3 import GEMMA3
 from halp.models.llava_next import LLAVA_NEXT
 from halp.models.mllama import MLLAMA
+from halp.models.molmo2 import MOLMO2
 from halp.models.phi4mm import PHI4MM
 from halp.models.qwen_vl import QWEN_VL
 from halp.models.smolvlm import SMOLVLM
@@ -20,6 +21,7 @@ ADAPTERS: dict[str, Adapter] = {
     "gemma3": GEMMA3,
     "smolvlm": SMOLVLM,
     "fast_vlm": FAST_VLM,
+    "molmo2": MOLMO2,
 }
 
 

@@ -20,6 +20,7 @@ from halp.models.synthetic.fast_vlm import build_fast_vlm
 from halp.models.synthetic.gemma3 import build_gemma3
 from halp.models.synthetic.llava_next import build_llava_next
 from halp.models.synthetic.mllama import build_mllama
+from halp.models.synthetic.molmo2 import build_molmo2
 from halp.models.synthetic.phi4mm import attach_vision_lora, build_phi4mm, save_vision_lora
 from halp.models.synthetic.qwen_vl import build_qwen
 from halp.models.synthetic.smolvlm import build_smolvlm
@@ -36,6 +37,7 @@ BUILDERS: dict[str, Callable[[str], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "gemma3": build_gemma3,
     "smolvlm": build_smolvlm,
     "fast_vlm": build_fast_vlm,
+    "molmo2": build_molmo2,
 }
 # Checkpoint parts that are not the model's own weights (Phi-4's vision LoRA): written after them (they
 # may wrap the model), or attached to a model used in memory.

@@ -1,4 +1,5 @@
-"""Gemma-3's quirks: the image must reach the LM, image tokens attend both ways, no flash-attention-2."""
+"""Gemma-3 and Molmo2: image tokens attend each other both ways (a mask flash-attention-2 would drop);
+Gemma-3's tiny projector must let the image reach the LM."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ def test_the_image_reaches_the_language_model(load_tiny):
     assert abs(out.vision_token[0, 0] - out.vision_token[1, 0]).max() > 1e-2
 
 
+@pytest.mark.parametrize(("arch", "types"), [("gemma3", "token_type_ids"), ("molmo2", "mm_token_type_ids")])
 @torch.inference_mode()
-def test_image_tokens_attend_each_other_both_ways(load_tiny):
-    """The processor's token_type_ids reach the model: without them block 0 is causal over the image."""
-    loaded = load_tiny("gemma3")
+def test_image_tokens_attend_each_other_both_ways(load_tiny, arch, types):
+    """The processor's token types reach the model: without them block 0 is causal over the image."""
+    loaded = load_tiny(arch)
     extractor = Extractor(loaded, [0], max_new_tokens=1, top_k=1)
     inputs = extractor.prepare([random_image(90, 90, 0)], ["what color?"])
     out = extractor.run(inputs)
@@ -36,7 +38,7 @@ def test_image_tokens_attend_each_other_both_ways(load_tiny):
     )
     try:
         loaded.model(**inputs)
-        causal = {k: v for k, v in inputs.items() if k != "token_type_ids"}
+        causal = {k: v for k, v in inputs.items() if k != types}
         loaded.model(**causal)
     finally:
         handle.remove()
@@ -48,11 +50,12 @@ def test_image_tokens_attend_each_other_both_ways(load_tiny):
     assert (seen[0][0, first_image] - seen[1][0, first_image]).abs().max() > 1e-3
 
 
-def test_flash_attention_is_refused_and_never_picked(monkeypatch):
-    gemma, qwen = ADAPTERS["gemma3"], ADAPTERS["qwen2_vl"]
+@pytest.mark.parametrize("arch", ["gemma3", "molmo2"])
+def test_flash_attention_is_refused_and_never_picked(monkeypatch, arch):
+    bidirectional, qwen = ADAPTERS[arch], ADAPTERS["qwen2_vl"]
     with pytest.raises(ConfigError, match=r"flash_attention_2 would drop .* use auto, sdpa or eager"):
-        pick_attention("flash_attention_2", torch.device("cpu"), gemma)
+        pick_attention("flash_attention_2", torch.device("cpu"), bidirectional)
     monkeypatch.setattr("importlib.util.find_spec", lambda name: object())  # as if flash-attn were installed
     cuda = torch.device("cuda")
     assert pick_attention("auto", cuda, qwen) == "flash_attention_2"
-    assert pick_attention("auto", cuda, gemma) == "sdpa"
+    assert pick_attention("auto", cuda, bidirectional) == "sdpa"
