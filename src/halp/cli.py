@@ -11,6 +11,7 @@ from pathlib import Path
 
 from halp.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 from halp.data.schema import DatasetError
+from halp.numerics import use_portable_numerics
 from halp.store.parts import PartWriteError
 
 log = logging.getLogger("halp")
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_portable_numerics()  # before any subcommand imports torch
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
