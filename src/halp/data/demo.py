@@ -163,23 +163,10 @@ class Question:
     mechanism: str
 
 
-def _spatial(rng: random.Random, shapes: list[Shape]) -> list[Question]:
-    rows = []
-    a, b = rng.sample(shapes, 2)
-    if abs(a.cx - b.cx) > a.radius:
-        relation, holds = "to the left of", a.cx < b.cx
-    else:
-        relation, holds = "above", a.cy < b.cy
-    text = f"Is the {a.name} {relation} the {b.name}?"
-    rows.append(Question("spatial", text, "yes" if holds else "no", True, "demo_shapes", _mechanism([a, b])))
-    closest = min((t for t in shapes if t != a), key=lambda t: (t.cx - a.cx) ** 2 + (t.cy - a.cy) ** 2)
-    text = f"Which shape is closest to the {a.name}?"
-    rows.append(Question("spatial", text, closest.name, True, "demo_shapes", _mechanism([a, closest])))
-    return rows
-
-
 def questions(rng: random.Random, shapes: list[Shape]) -> list[Question]:
-    """Several questions of the four kinds for one scene, each with its known answer."""
+    """Several questions of the three kinds for one scene, each with its known answer. Relations ("Is the X
+    left of the Y?") are left out: a model of the demo's size does not learn them within the training
+    budget (at chance in every variant we trained), so their errors are noise no representation predicts."""
     rows = []
     target = rng.choice(shapes)
     text = f"Is there {_article(target.colour)} {target.name} in the image?"
@@ -195,8 +182,6 @@ def questions(rng: random.Random, shapes: list[Shape]) -> list[Question]:
         text = f"What color is the {s.kind}?"
         rows.append(Question("attribute", text, s.colour, False, "demo_shapes", _mechanism([s])))
 
-    if len(shapes) >= 2:  # training scenes may hold one shape: no relation to ask about
-        rows += _spatial(rng, shapes)
     colour, kind = _absent(rng, shapes)
     anchor = rng.choice(shapes)
     text = f"Why is the {colour} {kind} touching the {anchor.name}?"

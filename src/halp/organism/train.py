@@ -31,7 +31,7 @@ from halp.models.synthetic.qwen_vl import build_qwen
 log = logging.getLogger(__name__)
 TRAINING_STREAM = "demo-vlm-training"  # string seeds are hashed (sha512): apart from demo.seed's integers
 # Question kinds in curriculum order; each phase adds the next kind(s) to the pool.
-CURRICULUM = (("colour",), ("shape",), ("existence", "spatial", "closest", "false_premise"))
+CURRICULUM = (("colour",), ("shape",), ("existence", "false_premise"))
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,7 @@ def _answer_text(q: demo.Question) -> str:
 
 
 def _kind(q: demo.Question) -> str:
-    if q.category == "attribute":
-        return "colour"
-    if q.category == "spatial":
-        return "spatial" if q.gt_answer in ("yes", "no") else "closest"
-    return q.category
+    return "colour" if q.category == "attribute" else q.category
 
 
 def training_questions(
