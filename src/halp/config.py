@@ -56,7 +56,7 @@ class OrganismSettings(_Section):
     seed: int = 0
     n_images: int = Field(3000, ge=1, description="training scenes, drawn apart from the evaluation set")
     false_premise_keep: float = Field(0.3, ge=0, le=1, description="share of false premises trained on")
-    steps: int = Field(800, ge=1)
+    steps: int = Field(1500, ge=1)
     batch_size: int = Field(48, ge=1, description="questions per step (images, each with all its open ones)")
     learning_rate: float = Field(7e-4, gt=0)
     warmup_steps: int = Field(100, ge=1)

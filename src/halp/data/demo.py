@@ -51,11 +51,14 @@ class World:
     small_rate: float = 0.2  # share of shapes drawn small: radius uniform in [SMALLEST, normal radius]
     faint_rate: float = 0.2  # share drawn faint: contrast uniform in [FAINTEST, 1]
     rare_keep: float = 1.0  # a rare colour-shape pair, once drawn, is kept with this probability
+    rare_boost: float = 0.0  # share of scenes that hold one rare pair for sure (the others draw uniformly)
     shapes: tuple[int, int] = (2, 4)  # fewest and most shapes in a scene
 
 
 SMALLEST, FAINTEST = 2, 0.05
-EVALUATION = World()
+# Evaluation plants more than training shows: 30% small and 30% faint shapes, and half the scenes hold a
+# rare pair, so that the planted failures, not the model's general mistakes, make most hallucinations.
+EVALUATION = World(small_rate=0.3, faint_rate=0.3, rare_boost=0.5)
 TRAINING = World(rare_keep=0.04, shapes=(1, 4))  # one-shape scenes teach colour without binding
 
 
@@ -95,12 +98,14 @@ def draw(size: tuple[int, int], shapes: list[Shape]) -> Image.Image:
 
 
 def _pairs(rng: random.Random, n: int, world: World) -> list[tuple[str, str]]:
-    """n distinct colour-shape pairs; a rare pair survives a draw with probability world.rare_keep."""
+    """n distinct colour-shape pairs in random order; a rare pair survives a draw with probability
+    world.rare_keep, and a share world.rare_boost of scenes holds one rare pair for sure."""
     kinds = [(colour, kind) for colour in COLOURS for kind in SHAPES]
+    boosted = [rng.choice(sorted(RARE))] if rng.random() < world.rare_boost else []
     while True:
-        pairs = rng.sample(kinds, n)
-        if all(p not in RARE or rng.random() < world.rare_keep for p in pairs):
-            return pairs
+        pairs = boosted + rng.sample([k for k in kinds if k not in boosted], n - len(boosted))
+        if all(p in boosted or p not in RARE or rng.random() < world.rare_keep for p in pairs):
+            return rng.sample(pairs, n)
 
 
 def scene(rng: random.Random, size: tuple[int, int], world: World = EVALUATION) -> list[Shape]:
