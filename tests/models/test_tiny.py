@@ -134,6 +134,6 @@ def test_unsupported_architecture_lists_the_supported(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(
         ValueError,
-        match=r"'llama' model, which halp has no adapter for.*llava_next, mllama, phi4_multimodal, qwen2",
+        match=r"'llama' model, which halp has no adapter for.*fast_vlm, gemma3, llava_next, mllama, molmo2, ",
     ):
         load_model(ModelSettings(model=str(tmp_path)))
