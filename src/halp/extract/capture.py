@@ -13,8 +13,12 @@ Reducer = Callable[[Any], Any]
 
 
 @contextmanager
-def capture_first_call(hooks: Mapping[str, tuple[nn.Module, Reducer]]) -> Iterator[dict[str, Any]]:
-    """Hook each named module; its first forward inside the block stores `reducer(output)`.
+def capture_first_call(
+    hooks: Mapping[str, tuple[nn.Module, Reducer]],
+    inputs: Mapping[str, tuple[nn.Module, Reducer]] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Hook each named module; its first forward inside the block stores `reducer(output)` (for `inputs`:
+    `reducer(first positional or `hidden_states` argument)`, what enters the module).
 
     During `generate` the first call of every module is the prefill over the whole prompt, so the
     decode steps that follow are ignored. Hooks are removed on exit, also on error.
@@ -28,8 +32,18 @@ def capture_first_call(hooks: Mapping[str, tuple[nn.Module, Reducer]]) -> Iterat
 
         return hook
 
+    def make_input_hook(name: str, reducer: Reducer):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if name not in captured:
+                captured[name] = reducer(args[0] if args else kwargs["hidden_states"])
+
+        return hook
+
     handles = [
         module.register_forward_hook(make_hook(name, reducer)) for name, (module, reducer) in hooks.items()
+    ] + [
+        module.register_forward_pre_hook(make_input_hook(name, reducer), with_kwargs=True)
+        for name, (module, reducer) in (inputs or {}).items()
     ]
     try:
         yield captured

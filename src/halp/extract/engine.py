@@ -20,6 +20,7 @@ from halp.models.loading import LoadedModel
 
 VISION = "vision_encoder"
 FIRST_TOKEN = "first_token"
+LM_INPUT = "input"  # the residual stream entering the first block: the embeddings and the projected image
 
 
 @dataclass
@@ -163,6 +164,29 @@ class Extractor:
             n_generated_tokens=_count_until_eos(generated, self.eos_ids).cpu().numpy(),
             answers=self._decode(generated),
         )
+
+    @torch.inference_mode()
+    def image_tokens(self, inputs: BatchFeature) -> list[np.ndarray]:
+        """Per sample, [1 + n_layers, n_image_tokens, H]: the LM's input at every image-token position
+        (found from `input_ids`), then the residual stream there after each of `layers` (the last block
+        before the final norm, as everywhere), from one prefill forward; nothing is generated."""
+        model, adapter = self.loaded.model, self.loaded.adapter
+        inputs = inputs.to(self.loaded.device, non_blocking=self.pin_memory)
+        is_image = inputs["input_ids"] == self.image_token_id  # [B, S]
+        rows, columns = is_image.nonzero(as_tuple=True)  # row-major: each sample's tokens in order
+
+        def keep_image_positions(hidden: Tensor) -> Tensor:  # [B, S, H] -> [all image tokens, H]
+            return hidden[rows.to(hidden.device), columns.to(hidden.device)].float().cpu()
+
+        def block_output(output: Any) -> Tensor:
+            return keep_image_positions(output[0] if isinstance(output, tuple) else output)
+
+        blocks = adapter.blocks(model)
+        hooks = {str(k): (blocks[k], block_output) for k in self.layers}
+        with capture_first_call(hooks, inputs={LM_INPUT: (blocks[0], keep_image_positions)}) as captured:
+            model(**inputs, **({"logits_to_keep": 1} if model._supports_logits_to_keep() else {}))
+        states = torch.stack([captured[LM_INPUT], *(captured[str(k)] for k in self.layers)])  # [1+L, T, H]
+        return [s.numpy() for s in states.split(is_image.sum(dim=1).tolist(), dim=1)]
 
     def _decode(self, generated: Tensor) -> list[str]:
         with self._processor_lock:

@@ -20,6 +20,8 @@ VisionPooler = Callable[[Any, BatchFeature, nn.Module], Tensor]
 VisionCall = Callable[[BatchFeature, nn.Module], tuple[tuple, dict]]
 # (model, processor, source, revision) -> None: fixes applied right after loading.
 AfterLoad = Callable[[Any, Any, str, str | None], None]
+# (processor outputs, the model) -> each image's grid of image tokens (t, h, w), in the LM's order.
+TokenGrid = Callable[[BatchFeature, nn.Module], list[tuple[int, int, int]]]
 
 
 def resolve(root: Any, path: str) -> Any:
@@ -49,6 +51,8 @@ class Adapter:
     auto_class: type = AutoModelForImageTextToText
     nest_images: bool = False  # the processor wants one list of images per prompt
     flash_attention: bool = True  # False: flash-attention-2 would drop a mask the model needs
+    image_in_decoder: bool = True  # False: the image enters through cross-attention, not as tokens
+    token_grid: TokenGrid | None = None  # where the processor lays the image tokens out on a grid
     after_load: AfterLoad | None = None
 
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]:

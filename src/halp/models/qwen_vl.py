@@ -18,6 +18,12 @@ def pool_patches_per_image(output, inputs: BatchFeature, model: nn.Module) -> Te
     return torch.stack([chunk.mean(dim=0) for chunk in patches.split(sizes)])
 
 
+def merged_grids(inputs: BatchFeature, model: nn.Module) -> list[tuple[int, int, int]]:
+    """(t, h, w) of each image's tokens after the 2x2 merge: t * h * w tokens, row by row."""
+    merge = model.config.vision_config.spatial_merge_size
+    return [(t, h // merge, w // merge) for t, h, w in inputs["image_grid_thw"].tolist()]
+
+
 QWEN_VL = Adapter(
     decoder_blocks="model.language_model.layers",
     final_norm="model.language_model.norm",
@@ -25,4 +31,5 @@ QWEN_VL = Adapter(
     image_token_id="image_token_id",
     pool_vision=pool_patches_per_image,
     vision_call=lambda inputs, model: ((inputs["pixel_values"],), {"grid_thw": inputs["image_grid_thw"]}),
+    token_grid=merged_grids,
 )

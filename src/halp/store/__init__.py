@@ -6,6 +6,6 @@ emb.meta                      # DataFrame, one row per sample
 emb.get("query_token", 14)    # [N, H] at decoder block 14
 """
 
-from halp.store.reader import Embeddings, open_embeddings
+from halp.store.reader import Embeddings, VisionTokens, open_embeddings, open_vision_tokens
 
-__all__ = ["Embeddings", "open_embeddings"]
+__all__ = ["Embeddings", "VisionTokens", "open_embeddings", "open_vision_tokens"]

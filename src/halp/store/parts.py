@@ -28,6 +28,33 @@ INT_COLUMNS = (
     "gt_repaired", "vision_token_pos", "query_token_pos", "seq_len", "n_image_tokens", "n_generated_tokens"
 )  # fmt: skip
 ERROR_COLUMNS = ("sample_id", "stage", "message", "kind", "input_hash")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a part holds per row: text and integer columns, and arrays. A stacked array has one entry per
+    row; a ragged one has `ragged_rows` (an integer column) entries per row, concatenated on axis 0. Arrays
+    in `floats` are stored in the storage dtype, checked for overflow."""
+
+    text: tuple[str, ...]
+    ints: tuple[str, ...]
+    arrays: tuple[str, ...]
+    floats: tuple[str, ...] = ()
+    ragged: tuple[str, ...] = ()
+    ragged_rows: str = ""
+
+
+EMBEDDINGS = Schema(TEXT_COLUMNS, INT_COLUMNS, ARRAYS, floats=REPRESENTATIONS)
+# One row per image (its sample_id is the image's name): statistics [1 + n_layers, n_statistics] and, when
+# asked for, every image token's vector, [n_image_tokens, 1 + n_layers, H] per image, concatenated.
+VISION_TOKENS = Schema(
+    text=("sample_id", "image_id", "image_sha256", "question"),
+    ints=("n_image_tokens", "grid_t", "grid_h", "grid_w"),
+    arrays=("statistics", "tokens"),
+    floats=("tokens",),
+    ragged=("tokens",),
+    ragged_rows="n_image_tokens",
+)
 PART_GLOB = "part-*.h5"
 MANIFEST = "manifest.json"
 ROWS_PER_CHUNK = 256
@@ -41,10 +68,12 @@ class PartWriteError(RuntimeError):
 
 @dataclass
 class PartBuffer:
-    """Rows (and failed samples) waiting to be written as the next part."""
+    """Rows (and failed samples) waiting to be written as the next part. An array of the schema that no
+    row carries (vision tokens' full tensors, when not asked for) is not written."""
 
+    schema: Schema = EMBEDDINGS
     meta: list[dict[str, Any]] = field(default_factory=list)
-    arrays: dict[str, list[np.ndarray]] = field(default_factory=lambda: {name: [] for name in ARRAYS})
+    arrays: dict[str, list[np.ndarray]] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -52,8 +81,8 @@ class PartBuffer:
 
     def add(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.meta.append(meta)
-        for name in ARRAYS:
-            self.arrays[name].append(arrays[name])
+        for name, values in arrays.items():
+            self.arrays.setdefault(name, []).append(values)
 
     def fail(self, sample_id: str, stage: str, message: str, kind: str, input_hash: str = "") -> None:
         """kind "data": stands until the input (`input_hash`) changes; "runtime": retried next run."""
@@ -95,40 +124,51 @@ def _float_for_storage(name: str, values: np.ndarray, dtype: str, ids: list[str]
 
 
 def _fill(f: h5py.File, buffer: PartBuffer, attrs: dict[str, Any], storage_dtype: str) -> None:
+    schema = buffer.schema
     for key, value in attrs.items():
         f.attrs[key] = value
     f.attrs["n_samples"] = len(buffer.meta)
     meta = f.create_group("meta")
-    for column in TEXT_COLUMNS:
+    for column in schema.text:
         write_text(meta, column, [str(m[column]) for m in buffer.meta])
-    for column in INT_COLUMNS:
+    for column in schema.ints:
         meta.create_dataset(column, data=np.array([m[column] for m in buffer.meta], dtype=np.int64))
     ids = [m["sample_id"] for m in buffer.meta]
-    for name in ARRAYS if buffer.meta else ():
-        values = np.stack(buffer.arrays[name])
-        if name in REPRESENTATIONS:
-            values = _float_for_storage(name, values, storage_dtype, ids)
-        # One chunk holds one layer of up to ROWS_PER_CHUNK samples: reading a layer is a few big reads.
+    owners = [i for i, m in enumerate(buffer.meta) for _ in range(m.get(schema.ragged_rows, 0))]
+    for name in schema.arrays:
+        if not buffer.arrays.get(name):
+            continue
+        ragged = name in schema.ragged
+        values = (np.concatenate if ragged else np.stack)(buffer.arrays[name])
+        if name in schema.floats:
+            values = _float_for_storage(
+                name, values, storage_dtype, [ids[i] for i in owners] if ragged else ids
+            )
+        # One chunk holds one layer of up to ROWS_PER_CHUNK rows: reading a layer is a few big reads.
         chunks = (min(len(values), ROWS_PER_CHUNK), *(1 for _ in values.shape[1:-1]), values.shape[-1])
-        f.create_dataset(name, data=values, chunks=chunks)
+        f.create_dataset(name, data=values, chunks=chunks if len(values) else None)
     errors = f.create_group("errors")
     for column in ERROR_COLUMNS:
         write_text(errors, column, [e[column] for e in buffer.errors])
 
 
-def read_part(path: Path) -> tuple[dict[str, Any], PartBuffer]:
+def read_part(path: Path, schema: Schema = EMBEDDINGS) -> tuple[dict[str, Any], PartBuffer]:
     """A part's attrs and rows, as written: enough to write it again without some rows."""
-    buffer = PartBuffer()
+    buffer = PartBuffer(schema)
     with h5py.File(path, "r") as f:
         attrs = {key: value for key, value in f.attrs.items() if key != "n_samples"}
-        columns = {c: read_text(f[f"meta/{c}"]) for c in TEXT_COLUMNS} | {
-            c: f[f"meta/{c}"][()].tolist() for c in INT_COLUMNS
+        columns = {c: read_text(f[f"meta/{c}"]) for c in schema.text} | {
+            c: f[f"meta/{c}"][()].tolist() for c in schema.ints
         }
-        arrays = {name: f[name][()] for name in ARRAYS if name in f}
+        arrays = {name: f[name][()] for name in schema.arrays if name in f}
         buffer.errors = [
             dict(zip(ERROR_COLUMNS, row, strict=True))
             for row in zip(*(read_text(f[f"errors/{c}"]) for c in ERROR_COLUMNS), strict=True)
         ]
+    counts = columns.get(schema.ragged_rows, [])
+    for name in schema.ragged:
+        if name in arrays:
+            arrays[name] = np.split(arrays[name], np.cumsum(counts)[:-1])
     for i in range(len(columns["sample_id"])):
         buffer.add({c: values[i] for c, values in columns.items()}, {n: a[i] for n, a in arrays.items()})
     return attrs, buffer
@@ -209,10 +249,13 @@ class PartFolder:
     residue class modulo `world`, so names never collide, whatever ran before.
     """
 
-    def __init__(self, folder: Path, config_hash: str, rank: int = 0, world: int = 1):
+    def __init__(
+        self, folder: Path, config_hash: str, rank: int = 0, world: int = 1, schema: Schema = EMBEDDINGS
+    ):
         self.folder = folder
         self.config_hash = config_hash
         self.rank, self.world = rank, world
+        self.schema = schema
         self._next: int | None = None
 
     def parts(self) -> list[Path]:
@@ -253,9 +296,9 @@ class PartFolder:
             with h5py.File(part, "r") as f:
                 if sample_ids.isdisjoint(read_text(f["meta/sample_id"])):
                     continue  # only the parts that hold them are read whole
-            attrs, buffer = read_part(part)
+            attrs, buffer = read_part(part, self.schema)
             keep = [i for i, m in enumerate(buffer.meta) if m["sample_id"] not in sample_ids]
-            kept = PartBuffer(errors=buffer.errors)
+            kept = PartBuffer(self.schema, errors=buffer.errors)
             for i in keep:
                 kept.add(buffer.meta[i], {name: rows[i] for name, rows in buffer.arrays.items()})
             if not kept:

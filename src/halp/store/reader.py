@@ -1,4 +1,5 @@
-"""A model's embeddings folder as one table: meta as a DataFrame, any (representation, layer) as [N, H]."""
+"""A model's folder of parts as one table: meta as a DataFrame, then arrays by name and layer. Embeddings:
+any (representation, layer) as [N, H]; vision tokens: per-image statistics and, if saved, every token."""
 
 from __future__ import annotations
 
@@ -12,20 +13,24 @@ import numpy as np
 import pandas as pd
 
 from halp.store.parts import (
+    EMBEDDINGS,
     ERROR_COLUMNS,
-    INT_COLUMNS,
     MANIFEST,
     PART_GLOB,
     REPRESENTATIONS,
-    TEXT_COLUMNS,
+    VISION_TOKENS,
+    Schema,
     read_text,
     replaced_parts,
 )
 
 
-class Embeddings:
-    """All parts of one model's folder, rows in the sampled order (the manifest's), or part order if a run
-    was interrupted before writing one."""
+class Parts:
+    """All parts of one folder, rows in the sampled order (the manifest's), or part order if a run was
+    interrupted before writing one."""
+
+    schema: Schema = EMBEDDINGS
+    command = "halp extract --model NAME"  # what writes such a folder
 
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
@@ -34,7 +39,7 @@ class Embeddings:
         self.parts = [part for part in found if part not in replaced]
         if not self.parts:
             raise FileNotFoundError(
-                f"no part files in {self.folder}: run `halp extract --model NAME` (or `dvc pull`) first"
+                f"no part files in {self.folder}: run `{self.command}` (or `dvc pull`) first"
             )
         hashes = set()
         for part in self.parts:
@@ -42,7 +47,7 @@ class Embeddings:
                 hashes.add(f.attrs["config_hash"])
         if len(hashes) > 1:
             raise ValueError(
-                f"{self.folder} mixes parts of {len(hashes)} configurations; rerun `halp extract`"
+                f"{self.folder} mixes parts of {len(hashes)} configurations; rerun `{self.command}`"
             )
         manifest = self.folder / MANIFEST
         self.manifest: dict[str, Any] | None = json.loads(manifest.read_text()) if manifest.exists() else None
@@ -62,8 +67,8 @@ class Embeddings:
         frames = []
         for i, part in enumerate(self.parts):
             with h5py.File(part, "r") as f:
-                columns = {c: read_text(f[f"meta/{c}"]) for c in TEXT_COLUMNS if f"meta/{c}" in f}
-                columns |= {c: f[f"meta/{c}"][()] for c in INT_COLUMNS if f"meta/{c}" in f}
+                columns = {c: read_text(f[f"meta/{c}"]) for c in self.schema.text if f"meta/{c}" in f}
+                columns |= {c: f[f"meta/{c}"][()] for c in self.schema.ints if f"meta/{c}" in f}
             frame = pd.DataFrame(columns)
             if "gt_repaired" in frame:
                 frame["gt_repaired"] = frame.gt_repaired.astype(bool)
@@ -74,7 +79,7 @@ class Embeddings:
             raise ValueError(
                 f"{self.folder} holds {twice.nunique()} sample ids in more than one row "
                 f"(e.g. {', '.join(twice.unique()[:3])}), so a faulty run wrote it: delete the folder and "
-                "run `halp extract` again"
+                f"run `{self.command}` again"
             )
         if self.manifest is not None:
             position = {sample_id: n for n, sample_id in enumerate(self.manifest["order"])}
@@ -101,6 +106,25 @@ class Embeddings:
         errors = pd.concat(frames, ignore_index=True).drop_duplicates("sample_id", keep="last")
         return errors[~errors.sample_id.isin(self._rows.sample_id)].reset_index(drop=True)
 
+    def _blocks(self, name: str, read) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(row indices in `meta`, `read(dataset, rows of the part)`) for each part holding any row."""
+        if self._rows.empty:
+            raise ValueError(f"{self.folder} holds no extracted samples, only errors: see .errors")
+        blocks = []
+        for i, part in enumerate(self.parts):
+            rows = self._rows[self._rows._part == i]
+            if rows.empty:
+                continue
+            with h5py.File(part, "r") as f:
+                if name not in f:
+                    raise KeyError(f"no {name!r} in {part.name}; stored: {sorted(f)}")
+                blocks.append((rows.index.to_numpy(), read(f[name], rows._row.to_numpy())))
+        return blocks
+
+
+class Embeddings(Parts):
+    """A model's extracted representations (`halp extract`)."""
+
     def get(self, representation: str, layer: int | None = None) -> np.ndarray:
         """[N, D] for `vision_only` (no layer), or [N, H] for `vision_token` / `query_token` at a layer.
 
@@ -109,24 +133,56 @@ class Embeddings:
         layered = representation in REPRESENTATIONS[1:]
         if layered and layer not in self.layers:
             raise KeyError(f"layer {layer} was not extracted; stored layers: {self.layers}")
-        if self._rows.empty:
-            raise ValueError(f"{self.folder} holds no extracted samples, only errors: see .errors")
-        chunks = []
-        for i, part in enumerate(self.parts):
-            rows = self._rows[self._rows._part == i]
-            if rows.empty:
-                continue
-            with h5py.File(part, "r") as f:
-                if representation not in f:
-                    raise KeyError(f"no {representation!r} in {part.name}; stored: {sorted(f)}")
-                dataset = f[representation]
-                block = dataset[:, self.layers.index(layer)] if layered else dataset[()]
-            chunks.append((rows.index.to_numpy(), block[rows._row.to_numpy()]))
+
+        def read(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+            return (dataset[:, self.layers.index(layer)] if layered else dataset[()])[rows]
+
+        chunks = self._blocks(representation, read)
         out = np.empty((len(self._rows), *chunks[0][1].shape[1:]), dtype=chunks[0][1].dtype)
         for where, values in chunks:
             out[where] = values
         return out
 
 
+class VisionTokens(Parts):
+    """A model's vision tokens (`halp vision-tokens`): one row per image; its layers are the LM's input,
+    then `layers` (blocks)."""
+
+    schema = VISION_TOKENS
+    command = "halp vision-tokens --model NAME"
+
+    @property
+    def layer_names(self) -> list[str]:
+        return ["input", *(str(k) for k in self.layers)]
+
+    def statistics(self) -> pd.DataFrame:
+        """One row per (image, layer): image_id, layer, and each statistic, in `meta`'s image order."""
+        names = json.loads(self.attrs["statistics"])
+        values = np.empty((len(self._rows), len(self.layer_names), len(names)))
+        for where, block in self._blocks("statistics", lambda dataset, rows: dataset[()][rows]):
+            values[where] = block
+        table = pd.DataFrame(values.reshape(-1, len(names)), columns=names)
+        table.insert(0, "layer", self.layer_names * len(self._rows))
+        table.insert(0, "image_id", np.repeat(self.meta.image_id.to_numpy(), len(self.layer_names)))
+        return table
+
+    def tokens(self, image_id: str) -> np.ndarray:
+        """[1 + n_layers, n_image_tokens, H]: one image's vectors (saved only with lens.save_tensors)."""
+        if not self.attrs.get("saved_tensors"):
+            raise KeyError(f"{self.folder} holds statistics only: set lens.save_tensors: true and run again")
+        matches = self._rows.index[self._rows.image_id == image_id]
+        if not len(matches):
+            raise KeyError(f"no image {image_id!r} in {self.folder}")
+        row = self._rows.loc[matches[0]]
+        with h5py.File(self.parts[row._part], "r") as f:
+            counts = f["meta/n_image_tokens"][()]
+            start = int(counts[: row._row].sum())
+            return f["tokens"][start : start + int(counts[row._row])].transpose(1, 0, 2)
+
+
 def open_embeddings(folder: Path | str) -> Embeddings:
     return Embeddings(folder)
+
+
+def open_vision_tokens(folder: Path | str) -> VisionTokens:
+    return VisionTokens(folder)
