@@ -82,6 +82,12 @@ def _label(params: Params, args: argparse.Namespace) -> None:
     label_model(params, args.model)
 
 
+def _vision_tokens(params: Params, args: argparse.Namespace) -> None:
+    from halp.lens.run import vision_tokens
+
+    log.info("vision tokens -> %s", vision_tokens(params, args.model))
+
+
 def _probe(params: Params, args: argparse.Namespace) -> None:
     from halp.probe.run import probe_model
 
@@ -155,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         command(name, handler, text).add_argument(
             "--model", required=True, help="a key of params.yaml's models"
         )
+    tokens = command(
+        "vision-tokens", _vision_tokens, "every image token at every layer, with statistics (params: lens)"
+    )
+    tokens.add_argument("--model", required=True)
     probe = command("probe", _probe, "train probes per (representation, layer) (params: probe)")
     probe.add_argument("--model", required=True)
     probe.add_argument(

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -86,12 +95,39 @@ class DataSettings(_Section):
 Layer = int | float
 
 
+def _layers_are_numbers(layers: object) -> object:
+    """YAML's `true` and `"2"` would pass as 1 and 2 (and delete the parts of the real layers)."""
+    for layer in layers if isinstance(layers, list) else []:
+        if isinstance(layer, bool) or not isinstance(layer, int | float):
+            raise ValueError(
+                f"layer {layer!r} is neither a block index (2, -1) nor a fraction of depth (0.5): "
+                "write the number without quotes"
+            )
+    return layers
+
+
+def _layers_well_formed(layers: list[Layer]) -> list[Layer]:
+    if not layers:
+        raise ValueError("give at least one layer, e.g. [0, 0.5, 1.0]")
+    for layer in layers:
+        if isinstance(layer, float) and not 0.0 <= layer <= 1.0:
+            raise ValueError(
+                f"fractional layer {layer} must lie in [0, 1] (0 = first block, 1.0 = last block); "
+                "write an integer for a block index"
+            )
+    return layers
+
+
+# Block indices (negative from the end) or fractions of depth, checked as numbers
+Layers = Annotated[list[Layer], BeforeValidator(_layers_are_numbers), AfterValidator(_layers_well_formed)]
+
+
 class ModelSettings(_Section):
     """One entry of the `models` map: what to load and how to extract from it."""
 
     model: str = Field(description="hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct) or a local folder")
     revision: str | None = None
-    layers: list[Layer] = [0, 0.5, 1.0]
+    layers: Layers = [0, 0.5, 1.0]
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     storage_dtype: Literal["float32", "float16"] = "float32"
     device: str = "auto"
@@ -108,37 +144,12 @@ class ModelSettings(_Section):
     max_new_tokens: int = Field(32, ge=1)
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 
-    @field_validator("layers", mode="before")
-    @classmethod
-    def _layers_are_numbers(cls, layers: object) -> object:
-        """YAML's `true` and `"2"` would pass as 1 and 2 (and delete the parts of the real layers)."""
-        for layer in layers if isinstance(layers, list) else []:
-            if isinstance(layer, bool) or not isinstance(layer, int | float):
-                raise ValueError(
-                    f"layer {layer!r} is neither a block index (2, -1) nor a fraction of depth (0.5): "
-                    "write the number without quotes"
-                )
-        return layers
-
     @field_validator("device")
     @classmethod
     def _device_known(cls, device: str) -> str:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
             raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         return device
-
-    @field_validator("layers")
-    @classmethod
-    def _layers_well_formed(cls, layers: list[Layer]) -> list[Layer]:
-        if not layers:
-            raise ValueError("give at least one layer, e.g. [0, 0.5, 1.0]")
-        for layer in layers:
-            if isinstance(layer, float) and not 0.0 <= layer <= 1.0:
-                raise ValueError(
-                    f"fractional layer {layer} must lie in [0, 1] (0 = first block, 1.0 = last block); "
-                    "write an integer for a block index"
-                )
-        return layers
 
 
 class ExtractSettings(_Section):
@@ -200,6 +211,21 @@ class ProbeSettings(_Section):
     )
 
 
+class LensSettings(_Section):
+    """Every vision token at every layer (`halp vision-tokens`), for the models in `models`."""
+
+    models: list[str] = Field(
+        default_factory=list, description="names from the models map whose decoder sees image tokens"
+    )
+    layers: Layers | Literal["all"] = Field(
+        "all", description="blocks as in models.NAME.layers, or all; the LM's input is always kept too"
+    )
+    save_tensors: bool = Field(False, description="keep every token's vector, not only per-image statistics")
+    out_dir: Path = Path("data/vision_tokens")
+    metrics_dir: Path = Field(Path("metrics/vision_tokens"), description="per-layer means (DVC metrics)")
+    plots_dir: Path = Field(Path("reports/vision_tokens"), description="the same by layer, for dvc plots")
+
+
 class ReportSettings(_Section):
     out_dir: Path = Path("reports")
 
@@ -218,6 +244,7 @@ class Params(_Section):
     summary: SummarySettings = SummarySettings()
     label: LabelSettings = LabelSettings()
     probe: ProbeSettings = ProbeSettings()
+    lens: LensSettings = LensSettings()
     report: ReportSettings = ReportSettings()
     _source: Path = PrivateAttr(DEFAULT_PARAMS)  # the file these came from, for messages
 

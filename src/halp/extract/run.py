@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 from transformers import BatchFeature
@@ -22,10 +24,11 @@ from halp.digests import file_digest
 from halp.environment import NUMERIC_PACKAGES, warn_if_unlocked
 from halp.extract.distributed import Rank, process_group
 from halp.extract.engine import BatchOutput, Extractor
+from halp.extract.layers import resolve_layers
 from halp.extract.prefetch import prefetched
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import load_model
-from halp.store.parts import ARRAYS, SCHEMA_VERSION, PartBuffer, PartFolder, write_part
+from halp.store.parts import ARRAYS, EMBEDDINGS, SCHEMA_VERSION, PartBuffer, PartFolder, Schema, write_part
 
 log = logging.getLogger(__name__)
 PACKAGES = ("halp", *NUMERIC_PACKAGES)
@@ -72,7 +75,10 @@ def _meta(row: pd.Series, out: BatchOutput, i: int) -> dict:
 
 class ExtractionRun:
     """Feeds batches through the Extractor, isolating faulty samples, and writes a part every
-    `checkpoint_interval` samples."""
+    `checkpoint_interval` samples. What it extracts and stores is the embeddings; a subclass changes the
+    folder, the layers, what one batch yields and the rows it stores (`halp.lens.run`)."""
+
+    schema: Schema = EMBEDDINGS
 
     def __init__(self, params: Params, model_name: str, rank: Rank):
         self.name = model_name
@@ -80,21 +86,31 @@ class ExtractionRun:
         self.settings = params.model(model_name)
         self.top_k = params.extract.top_k
         self.write_retry_seconds = params.extract.write_retry_seconds
-        self.folder = params.extract.out_dir / model_name
+        self.folder = self._folder(params)
         self.prefetch = params.extract.prefetch
         self.loaded = load_model(self.settings, rank.local)
-        self.extractor = Extractor.configured(
-            self.loaded, self.settings, self.top_k, pin_memory=self.prefetch
+        self.extractor = Extractor(
+            self.loaded,
+            resolve_layers(self._layer_spec(params), self.loaded.n_blocks, self.settings.model),
+            self.settings.max_new_tokens,
+            self.top_k,
+            pin_memory=self.prefetch,
         )
         self.layers = self.extractor.layers
         self.config_hash = self._config_hash()
-        self.parts = PartFolder(self.folder, self.config_hash, rank.index, rank.world)
-        self.buffer = PartBuffer()
+        self.parts = PartFolder(self.folder, self.config_hash, rank.index, rank.world, self.schema)
+        self.buffer = PartBuffer(self.schema)
         self.vision_dim = 0
 
-    def _config_hash(self) -> str:
+    def _folder(self, params: Params) -> Path:
+        return params.extract.out_dir / self.name
+
+    def _layer_spec(self, params: Params) -> list[int | float]:
+        return self.settings.layers
+
+    def _identity(self) -> dict:
         """What changes the numbers (weights, layers, dtypes, generation, schema), not batch or device."""
-        identity = {
+        return {
             "schema_version": SCHEMA_VERSION,
             "weights": model_fingerprint(self.settings.model, self.settings.revision),
             "layers": self.layers,
@@ -103,7 +119,9 @@ class ExtractionRun:
             "max_new_tokens": self.settings.max_new_tokens,
             "top_k": self.top_k,
         }
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()[:16]
 
     def _attrs(self) -> dict:
         return {
@@ -137,12 +155,20 @@ class ExtractionRun:
             log.info(
                 "wrote %s (%d samples, %d errors)", path.name, len(self.buffer.meta), len(self.buffer.errors)
             )
-            self.buffer = PartBuffer()
+            self.buffer = PartBuffer(self.schema)
 
-    def _keep(self, rows: pd.DataFrame, out: BatchOutput) -> None:
+    def _compute(self, inputs: BatchFeature) -> Any:
+        return self.extractor.run(inputs)
+
+    def _rows(self, rows: pd.DataFrame, out: BatchOutput) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+        """(meta, arrays) of each stored row of a batch."""
         self.vision_dim = out.vision_only.shape[1]
         for i, (_, row) in enumerate(rows.iterrows()):
-            self.buffer.add(_meta(row, out, i), {name: getattr(out, name)[i] for name in ARRAYS})
+            yield _meta(row, out, i), {name: getattr(out, name)[i] for name in ARRAYS}
+
+    def _keep(self, rows: pd.DataFrame, out: Any) -> None:
+        for meta, arrays in self._rows(rows, out):
+            self.buffer.add(meta, arrays)
             if len(self.buffer) >= self.settings.checkpoint_interval:
                 self._flush()
 
@@ -176,7 +202,7 @@ class ExtractionRun:
         if rows.empty:
             return
         try:
-            out = self.extractor.run(batch.model_inputs())
+            out = self._compute(batch.model_inputs())
         except Exception as err:
             if len(rows) == 1:
                 log.warning("%s: extraction failed: %s", rows.iloc[0].question_id, err)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoProcessor, PreTrainedModel
+from transformers import AutoConfig, AutoProcessor, PretrainedConfig, PreTrainedModel
 
 from halp.config import ConfigError, ModelSettings
 from halp.extract.layers import resolve_layers
@@ -61,17 +61,22 @@ def pick_attention(setting: str, device: torch.device, adapter: Adapter) -> str:
     return "flash_attention_2" if device.type == "cuda" and flash else "sdpa"
 
 
-def load_model(settings: ModelSettings, local_rank: int = 0) -> LoadedModel:
-    source, revision = settings.model, settings.revision
+def read_config(settings: ModelSettings) -> tuple[PretrainedConfig, Adapter]:
+    """The model's config and adapter, without loading any weights."""
     try:
-        config = AutoConfig.from_pretrained(source, revision=revision)
+        config = AutoConfig.from_pretrained(settings.model, revision=settings.revision)
     except OSError as err:
         raise FileNotFoundError(
-            f"cannot load model {source!r}: {err}\n"
+            f"cannot load model {settings.model!r}: {err}\n"
             "Give a local folder holding config.json, or a hub id reachable from here "
             "(offline: download it first, e.g. `hf download ID`)."
         ) from err
-    adapter = adapter_for(config.model_type, source)
+    return config, adapter_for(config.model_type, settings.model)
+
+
+def load_model(settings: ModelSettings, local_rank: int = 0) -> LoadedModel:
+    source, revision = settings.model, settings.revision
+    config, adapter = read_config(settings)
     # Layers out of range fail here, from the config, before gigabytes of weights load.
     resolve_layers(settings.layers, getattr(config, "text_config", config).num_hidden_layers, source)
     device = pick_device(settings.device, local_rank)
