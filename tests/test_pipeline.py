@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from halp.config import load_params
 from halp.models.synthetic import BUILDERS, build_synthetic
-from halp.store import open_embeddings
+from halp.store import open_embeddings, open_vision_tokens
 from tests.conftest import copy_repo, set_params
 from tests.extract.test_parallel import assert_same_extraction
 
@@ -109,6 +110,18 @@ def test_repro_builds_embeddings_and_metrics_for_every_model(repo):
     assert "metrics/summary/qwen2_5_vl.json" in shown and "metrics/demo/train.json" in shown
     trained = json.loads((repo / "metrics/demo/train.json").read_text())
     assert trained["steps"] == 12 and trained["loss_by_100_steps"][0] < 10
+
+
+def test_repro_keeps_every_vision_token_statistic_for_the_lens_models(repo):
+    lens_models = load_params(repo / "params.yaml").lens.models
+    images = pd.read_csv(repo / "data/sampled/samples.csv").image_name.unique()
+    for model in lens_models:
+        tokens = open_vision_tokens(repo / "data/vision_tokens" / model)
+        assert sorted(tokens.meta.image_id) == sorted(images) and tokens.errors.empty
+        assert len(tokens.statistics()) == len(images) * len(tokens.layer_names)
+    shown = run("dvc", "metrics", "show", "--json", cwd=repo)
+    assert all(f"metrics/vision_tokens/{model}.json" in shown for model in lens_models)
+    assert "reports/vision_tokens" in run("dvc", "plots", "show", "--json", cwd=repo)
 
 
 def test_repro_labels_probes_and_reports_every_model(repo):
