@@ -79,6 +79,7 @@ class ExtractionRun:
     folder, the layers, what one batch yields and the rows it stores (`halp.lens.run`)."""
 
     schema: Schema = EMBEDDINGS
+    progress = ("extract", "sample")  # what the progress bar says: the task and its unit
 
     def __init__(self, params: Params, model_name: str, rank: Rank):
         self.name = model_name
@@ -260,7 +261,8 @@ class ExtractionRun:
             self._drop_outdated_rows(samples)
         self.rank.barrier()
         todo = self._todo(samples.iloc[self.rank.index :: self.rank.world])
-        with tqdm(total=len(todo), desc=f"extract {self.name}", unit="sample") as progress:
+        task, unit = self.progress
+        with tqdm(total=len(todo), desc=f"{task} {self.name}", unit=unit) as progress:
             batches = (self._prepare(rows) for rows in _batches(todo, self.settings.batch_size))
             for batch in prefetched(batches, self.prefetch):
                 self._extract(batch)

@@ -32,6 +32,7 @@ TokenBatch = tuple[list[np.ndarray], list[tuple[int, int, int]]]  # per image: [
 
 class VisionTokenRun(ExtractionRun):
     schema: Schema = VISION_TOKENS
+    progress = ("vision tokens", "image")
 
     def __init__(self, params: Params, model_name: str, rank: Rank):
         self.lens = params.lens
@@ -134,9 +135,12 @@ def vision_tokens(params: Params, model_name: str) -> Path:
 
 
 def write_metrics(tokens: VisionTokens, lens: LensSettings, model_name: str) -> None:
-    """Each statistic's mean over images per layer: as JSON in lens.metrics_dir (`dvc metrics show`), and
-    as a table with a row per layer in lens.plots_dir (`dvc plots show` draws the norms by layer)."""
-    table = tokens.statistics().drop(columns="image_id").groupby("layer", sort=False).mean()
+    """Each statistic's mean over images per layer (for the dimension of the largest value, the most
+    frequent one): as JSON in lens.metrics_dir (`dvc metrics show`), and as a table with a row per layer in
+    lens.plots_dir (`dvc plots show` draws the norms by layer)."""
+    by_layer = tokens.statistics().drop(columns="image_id").groupby("layer", sort=False)
+    table = by_layer.mean()
+    table["max_abs_dimension"] = by_layer.max_abs_dimension.agg(lambda d: d.mode().iloc[0])  # the usual one
     summary = {
         "model": model_name,
         "n_images": len(tokens.meta),
