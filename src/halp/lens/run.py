@@ -137,7 +137,7 @@ def vision_tokens(params: Params, model_name: str) -> Path:
 def write_metrics(tokens: VisionTokens, lens: LensSettings, model_name: str) -> None:
     """Each statistic's mean over images per layer (for the dimension of the largest value, the most
     frequent one): as JSON in lens.metrics_dir (`dvc metrics show`), and as a table with a row per layer in
-    lens.plots_dir (`dvc plots show` draws the norms by layer)."""
+    lens.plots_dir (`dvc plots show` draws the norms by layer; the LM's input is layer -1 there)."""
     by_layer = tokens.statistics().drop(columns="image_id").groupby("layer", sort=False)
     table = by_layer.mean()
     table["max_abs_dimension"] = by_layer.max_abs_dimension.agg(lambda d: d.mode().iloc[0])  # the usual one
@@ -150,4 +150,7 @@ def write_metrics(tokens: VisionTokens, lens: LensSettings, model_name: str) -> 
     for folder in (lens.metrics_dir, lens.plots_dir):
         folder.mkdir(parents=True, exist_ok=True)
     (lens.metrics_dir / f"{model_name}.json").write_text(json.dumps(summary, indent=1) + "\n")
-    table.reset_index().to_csv(lens.plots_dir / f"{model_name}.csv", index=False, lineterminator="\n")
+    table.index = [-1, *tokens.layers]  # a number for the plot's axis: -1 is the LM's input
+    table.rename_axis("layer").reset_index().to_csv(
+        lens.plots_dir / f"{model_name}.csv", index=False, lineterminator="\n"
+    )
