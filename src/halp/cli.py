@@ -82,6 +82,18 @@ def _label(params: Params, args: argparse.Namespace) -> None:
     label_model(params, args.model)
 
 
+def _prepare_corpus(params: Params, args: argparse.Namespace) -> None:
+    from halp.data.corpus import write_demo_corpus
+
+    write_demo_corpus(params.corpus.out, params.corpus.sentences, params.corpus.seed)
+
+
+def _contextual_bank(params: Params, args: argparse.Namespace) -> None:
+    from halp.lens.bank import build_bank
+
+    log.info("bank -> %s", build_bank(params, args.model))
+
+
 def _vision_tokens(params: Params, args: argparse.Namespace) -> None:
     from halp.lens.run import vision_tokens
 
@@ -161,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         command(name, handler, text).add_argument(
             "--model", required=True, help="a key of params.yaml's models"
         )
+    command("prepare-corpus", _prepare_corpus, "write the demo's text corpus for the bank (params: corpus)")
+    bank = command(
+        "contextual-bank",
+        _contextual_bank,
+        "the corpus through the model's LM: the lens's bank (params: lens)",
+    )
+    bank.add_argument("--model", required=True)
     tokens = command(
         "vision-tokens", _vision_tokens, "every image token at every layer, with statistics (params: lens)"
     )

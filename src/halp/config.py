@@ -211,6 +211,14 @@ class ProbeSettings(_Section):
     )
 
 
+class CorpusSettings(_Section):
+    """The demo's text corpus for the contextual bank (`halp prepare-corpus`)."""
+
+    out: Path = Path("data/corpus/demo.txt")
+    sentences: int = Field(2000, ge=1)
+    seed: int = 0
+
+
 class LensSettings(_Section):
     """Every vision token at every layer (`halp vision-tokens`), for the models in `models`."""
 
@@ -221,6 +229,15 @@ class LensSettings(_Section):
         "all", description="blocks as in models.NAME.layers, or all; the LM's input is always kept too"
     )
     save_tensors: bool = Field(False, description="keep every token's vector, not only per-image statistics")
+    corpus: Path = Field(Path("data/corpus/demo.txt"), description="text, one sentence a line, for the bank")
+    bank_layers: Layers | Literal["all"] = Field(
+        "all", description="blocks whose residual stream the bank keeps"
+    )
+    max_per_token: int = Field(20, ge=1, description="bank rows per token string at most (a seeded choice)")
+    seed: int = 0
+    bank_dtype: Literal["float16", "float32"] = "float16"
+    bank_dir: Path = Path("data/banks")
+    bank_metrics_dir: Path = Field(Path("metrics/banks"), description="rows, token strings, sentences used")
     out_dir: Path = Path("data/vision_tokens")
     metrics_dir: Path = Field(Path("metrics/vision_tokens"), description="per-layer means (DVC metrics)")
     plots_dir: Path = Field(Path("reports/vision_tokens"), description="the same by layer, for dvc plots")
@@ -244,6 +261,7 @@ class Params(_Section):
     summary: SummarySettings = SummarySettings()
     label: LabelSettings = LabelSettings()
     probe: ProbeSettings = ProbeSettings()
+    corpus: CorpusSettings = CorpusSettings()
     lens: LensSettings = LensSettings()
     report: ReportSettings = ReportSettings()
     _source: Path = PrivateAttr(DEFAULT_PARAMS)  # the file these came from, for messages

@@ -6,6 +6,13 @@ emb.meta                      # DataFrame, one row per sample
 emb.get("query_token", 14)    # [N, H] at decoder block 14
 """
 
-from halp.store.reader import Embeddings, VisionTokens, open_embeddings, open_vision_tokens
+from halp.store.reader import (
+    Bank,
+    Embeddings,
+    VisionTokens,
+    open_bank,
+    open_embeddings,
+    open_vision_tokens,
+)
 
-__all__ = ["Embeddings", "VisionTokens", "open_embeddings", "open_vision_tokens"]
+__all__ = ["Bank", "Embeddings", "VisionTokens", "open_bank", "open_embeddings", "open_vision_tokens"]

@@ -55,6 +55,14 @@ VISION_TOKENS = Schema(
     ragged=("tokens",),
     ragged_rows="n_image_tokens",
 )
+# One row per chosen token occurrence of a corpus (its sample_id is "sentence:position"): the residual
+# stream at each bank layer, L2-normalised ([n_layers, H], float16 by default), and its norms [n_layers].
+BANK = Schema(
+    text=("sample_id", "token_string"),
+    ints=("token_id", "sentence", "position"),
+    arrays=("vectors", "norms"),
+    floats=("vectors",),
+)
 PART_GLOB = "part-*.h5"
 MANIFEST = "manifest.json"
 ROWS_PER_CHUNK = 256

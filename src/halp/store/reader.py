@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from halp.store.parts import (
+    BANK,
     EMBEDDINGS,
     ERROR_COLUMNS,
     MANIFEST,
@@ -180,9 +181,38 @@ class VisionTokens(Parts):
             return f["tokens"][start : start + int(counts[row._row])].transpose(1, 0, 2)
 
 
+class Bank(Parts):
+    """A model's contextual bank (`halp contextual-bank`): one row per kept token occurrence."""
+
+    schema = BANK
+    command = "halp contextual-bank --model NAME"
+
+    def _layer(self, name: str, layer: int) -> np.ndarray:
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} is not in the bank; its layers: {self.layers}")
+        index = self.layers.index(layer)
+        chunks = self._blocks(name, lambda dataset, rows: dataset[:, index][rows])
+        out = np.empty((len(self._rows), *chunks[0][1].shape[1:]), dtype=chunks[0][1].dtype)
+        for where, values in chunks:
+            out[where] = values
+        return out
+
+    def vectors(self, layer: int) -> np.ndarray:
+        """[N, H] L2-normalised vectors at one bank layer, rows aligned with `meta`."""
+        return self._layer("vectors", layer)
+
+    def norms(self, layer: int) -> np.ndarray:
+        """[N] the vectors' norms before normalising."""
+        return self._layer("norms", layer)
+
+
 def open_embeddings(folder: Path | str) -> Embeddings:
     return Embeddings(folder)
 
 
 def open_vision_tokens(folder: Path | str) -> VisionTokens:
     return VisionTokens(folder)
+
+
+def open_bank(folder: Path | str) -> Bank:
+    return Bank(folder)

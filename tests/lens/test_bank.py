@@ -1,0 +1,81 @@
+"""The contextual bank: who enters it, and that each row is the model's own state for that token."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from halp.config import load_params
+from halp.data.corpus import write_demo_corpus
+from halp.digests import file_digest
+from halp.lens.bank import build_bank, choose_occurrences
+from halp.models.loading import load_model
+from halp.store import open_bank
+from tests.conftest import set_params
+
+MODEL = "qwen2_vl"
+
+
+def test_the_cap_is_per_token_string_and_specials_are_skipped_by_id():
+    token_ids = [[7, 1, 2, 1], [1, 3, 9, 1]]  # 9 is special; 1 appears four times, "a" is 1 and 2
+    strings = {1: "a", 2: "a", 3: "c", 7: "d", 9: "<s>"}
+    chosen = choose_occurrences(token_ids, strings, {9}, cap=2, seed=0)
+    assert (chosen.token_id != 9).all() and (chosen.token_string.value_counts() <= 2).all()
+    assert set(chosen.token_string) == {"a", "c", "d"}
+    assert (0, 0) in set(zip(chosen.sentence, chosen.position, strict=True)), "position 0 is eligible"
+    again = choose_occurrences(token_ids, strings, {9}, cap=2, seed=0)
+    assert chosen.equals(again)
+    picks = {tuple(choose_occurrences(token_ids, strings, {9}, 2, seed).position) for seed in range(10)}
+    assert len(picks) > 1, "the seed chooses which occurrences"
+
+
+@pytest.fixture()
+def bank_workspace(workspace):
+    corpus = write_demo_corpus(workspace / "corpus.txt", n_sentences=24, seed=0)
+    set_params(workspace, {"lens": {"corpus": str(corpus), "max_per_token": 1000, "bank_layers": [0, -1]}})
+    return workspace
+
+
+def build(workspace, **changes):
+    set_params(workspace, changes)
+    return open_bank(build_bank(load_params(workspace / "params.yaml"), MODEL))
+
+
+@torch.inference_mode()
+def test_rows_are_the_models_own_states_whatever_the_batch(bank_workspace, monkeypatch):
+    monkeypatch.chdir(bank_workspace)
+    alone = build(bank_workspace, **{f"models.{MODEL}.batch_size": 1, "lens.bank_dir": "alone"})
+    batched = build(bank_workspace, **{f"models.{MODEL}.batch_size": 5, "lens.bank_dir": "batched"})
+    assert alone.attrs["corpus_sha256"] == file_digest(str(bank_workspace / "corpus.txt"))
+    assert alone.layers == [0, 3] and alone.meta.equals(batched.meta)
+    for layer in alone.layers:
+        np.testing.assert_allclose(alone.vectors(layer), batched.vectors(layer), atol=2e-3)
+        np.testing.assert_allclose(alone.norms(layer), batched.norms(layer), rtol=1e-4)
+    loaded = load_model(load_params(bank_workspace / "params.yaml").model(MODEL))
+    tokenizer = loaded.processor.tokenizer
+    sentences = (bank_workspace / "corpus.txt").read_text().splitlines()
+    meta = alone.meta
+    assert set(meta.sentence) == set(range(len(sentences))), "no cap here: every sentence enters"
+    assert (meta[meta.position == 0].sentence.nunique()) == len(sentences), "first tokens are kept"
+    for i in (0, 7):
+        ids = tokenizer(sentences[i], return_tensors="pt")
+        hidden = loaded.model(**ids, output_hidden_states=True).hidden_states
+        rows = meta.index[meta.sentence == i]
+        assert sorted(meta.position[rows]) == list(range(ids["input_ids"].shape[1])), "no padding rows"
+        for row in rows:
+            state = hidden[1][0, meta.position[row]]  # block 0's output
+            np.testing.assert_allclose(alone.norms(0)[row], state.norm().item(), rtol=1e-4)
+            np.testing.assert_allclose(alone.vectors(0)[row], (state / state.norm()).numpy(), atol=2e-3)
+
+
+def test_the_cap_holds_and_a_lost_part_comes_back_the_same(bank_workspace, monkeypatch):
+    monkeypatch.chdir(bank_workspace)
+    bank = build(bank_workspace, **{"lens.max_per_token": 3, f"models.{MODEL}.checkpoint_interval": 16})
+    assert bank.meta.token_string.value_counts().max() == 3
+    assert len(bank.parts) > 1
+    before = bank.vectors(3)
+    bank.parts[0].unlink()
+    again = build(bank_workspace)
+    assert again.meta.equals(bank.meta)
+    np.testing.assert_array_equal(again.vectors(3), before)
