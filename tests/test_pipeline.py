@@ -17,7 +17,7 @@ from PIL import Image
 
 from halp.config import load_params
 from halp.models.synthetic import BUILDERS, build_synthetic
-from halp.store import open_embeddings, open_vision_tokens
+from halp.store import open_bank, open_embeddings, open_vision_tokens
 from tests.conftest import copy_repo, set_params
 from tests.extract.test_parallel import assert_same_extraction
 
@@ -112,15 +112,18 @@ def test_repro_builds_embeddings_and_metrics_for_every_model(repo):
     assert trained["steps"] == 12 and trained["loss_by_100_steps"][0] < 10
 
 
-def test_repro_keeps_every_vision_token_statistic_for_the_lens_models(repo):
+def test_repro_builds_vision_token_statistics_and_a_bank_for_the_lens_models(repo):
     lens_models = load_params(repo / "params.yaml").lens.models
     images = pd.read_csv(repo / "data/sampled/samples.csv").image_name.unique()
     for model in lens_models:
         tokens = open_vision_tokens(repo / "data/vision_tokens" / model)
         assert sorted(tokens.meta.image_id) == sorted(images) and tokens.errors.empty
         assert len(tokens.statistics()) == len(images) * len(tokens.layer_names)
+        bank = open_bank(repo / "data/banks" / model)
+        assert bank.meta.token_string.value_counts().max() <= 20 and bank.meta.sentence.nunique() > 100
     shown = run("dvc", "metrics", "show", "--json", cwd=repo)
     assert all(f"metrics/vision_tokens/{model}.json" in shown for model in lens_models)
+    assert all(f"metrics/banks/{model}.json" in shown for model in lens_models)
     assert "reports/vision_tokens" in run("dvc", "plots", "show", "--json", cwd=repo)
 
 
