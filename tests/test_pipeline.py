@@ -112,7 +112,7 @@ def test_repro_builds_embeddings_and_metrics_for_every_model(repo):
     assert trained["steps"] == 12 and trained["loss_by_100_steps"][0] < 10
 
 
-def test_repro_builds_vision_token_statistics_and_a_bank_for_the_lens_models(repo):
+def test_repro_builds_vision_tokens_a_bank_and_lens_readings_for_the_lens_models(repo):
     lens_models = load_params(repo / "params.yaml").lens.models
     images = pd.read_csv(repo / "data/sampled/samples.csv").image_name.unique()
     for model in lens_models:
@@ -121,9 +121,13 @@ def test_repro_builds_vision_token_statistics_and_a_bank_for_the_lens_models(rep
         assert len(tokens.statistics()) == len(images) * len(tokens.layer_names)
         bank = open_bank(repo / "data/banks" / model)
         assert bank.meta.token_string.value_counts().max() <= 20 and bank.meta.sentence.nunique() > 100
+        lens = json.loads((repo / "metrics/lens" / f"{model}.json").read_text())
+        assert lens["n_images"] == len(images) and set(lens["layers"]) == set(tokens.layer_names)
+        assert "LatentLens" in (repo / "reports/lens" / f"{model}.html").read_text()
     shown = run("dvc", "metrics", "show", "--json", cwd=repo)
     assert all(f"metrics/vision_tokens/{model}.json" in shown for model in lens_models)
     assert all(f"metrics/banks/{model}.json" in shown for model in lens_models)
+    assert all(f"metrics/lens/{model}.json" in shown for model in lens_models)
     assert "reports/vision_tokens" in run("dvc", "plots", "show", "--json", cwd=repo)
 
 

@@ -94,6 +94,12 @@ def _contextual_bank(params: Params, args: argparse.Namespace) -> None:
     log.info("bank -> %s", build_bank(params, args.model))
 
 
+def _lens(params: Params, args: argparse.Namespace) -> None:
+    from halp.lens.lens_run import lens
+
+    log.info("lens -> %s", lens(params, args.model))
+
+
 def _vision_tokens(params: Params, args: argparse.Namespace) -> None:
     from halp.lens.run import vision_tokens
 
@@ -180,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the corpus through the model's LM: the lens's bank (params: lens)",
     )
     bank.add_argument("--model", required=True)
+    lens = command(
+        "lens", _lens, "LatentLens, EmbeddingLens and LogitLens on every image token (params: lens)"
+    )
+    lens.add_argument("--model", required=True)
     tokens = command(
         "vision-tokens", _vision_tokens, "every image token at every layer, with statistics (params: lens)"
     )

@@ -238,6 +238,15 @@ class LensSettings(_Section):
     bank_dtype: Literal["float16", "float32"] = "float16"
     bank_dir: Path = Path("data/banks")
     bank_metrics_dir: Path = Field(Path("metrics/banks"), description="rows, token strings, sentences used")
+    top_k: int = Field(5, ge=1, description="neighbours kept per lens, token and layer")
+    lens_dir: Path = Path("data/lens")
+    lens_metrics_dir: Path = Field(
+        Path("metrics/lens"), description="top-1 similarity, bank layers, agreement"
+    )
+    view_dir: Path = Field(
+        Path("reports/lens"), description="a page per model: images and their tokens' words"
+    )
+    view_images: int = Field(6, ge=0, description="images shown on that page")
     out_dir: Path = Path("data/vision_tokens")
     metrics_dir: Path = Field(Path("metrics/vision_tokens"), description="per-layer means (DVC metrics)")
     plots_dir: Path = Field(Path("reports/vision_tokens"), description="the same by layer, for dvc plots")

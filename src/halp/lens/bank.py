@@ -2,7 +2,8 @@
 stream of chosen token occurrences at the bank layers, stored L2-normalised with their norms.
 
 Which occurrences: every token is eligible except special tokens, skipped by id (the `latentlens` package
-skipped positions 0 and 1 of every sentence, so a sentence's first words never entered its bank); at most
+skipped positions 0 and 1 of every sentence, so a sentence's first words never entered its bank), once per
+distinct context (the same tokens before it give the same vector in a causal LM); at most
 `lens.max_per_token` per token string, the ones with the smallest seeded hash of (sentence, position): a
 reservoir whose choice depends on nothing but the corpus and the seed, so it is the same for every layer,
 batch size and resume (the seed script kept the first N in shard order and lost its reservoir on resume).
@@ -38,13 +39,22 @@ def choose_occurrences(
     token_ids: list[list[int]], strings: list[str], special: set[int], cap: int, seed: int
 ) -> pd.DataFrame:
     """sentence, position, token_id, token_string of the occurrences the bank keeps, in corpus order.
-    `strings[id]` is a token id's string; the cap counts per string (two ids may share one)."""
-    rows = [(i, p, t) for i, ids in enumerate(token_ids) for p, t in enumerate(ids) if t not in special]
-    table = pd.DataFrame(rows, columns=["sentence", "position", "token_id"])
+    `strings[id]` is a token id's string; the cap counts per string (two ids may share one). An occurrence
+    whose tokens up to and including it repeat an earlier one's has the same vector at every layer (the
+    LM is causal), so only one of them is eligible: copies would fill the cap and tie every search."""
+    rows = []
+    for i, ids in enumerate(token_ids):
+        prefix = hashlib.blake2b(digest_size=16)
+        for p, t in enumerate(ids):
+            prefix.update(t.to_bytes(8, "little", signed=True))
+            if t not in special:
+                rows.append((i, p, t, prefix.copy().digest()))
+    table = pd.DataFrame(rows, columns=["sentence", "position", "token_id", "prefix"])
     table["token_string"] = [strings[t] for t in table.token_id]
     table["key"] = [_key(seed, i, p) for i, p in zip(table.sentence, table.position, strict=True)]
+    table = table.sort_values("key").drop_duplicates("prefix")  # one context, one row
     kept = table.sort_values(["token_string", "key"]).groupby("token_string", sort=False).head(cap)
-    return kept.drop(columns="key").sort_values(["sentence", "position"]).reset_index(drop=True)
+    return kept.drop(columns=["key", "prefix"]).sort_values(["sentence", "position"]).reset_index(drop=True)
 
 
 def _key(seed: int, sentence: int, position: int) -> int:

@@ -73,17 +73,8 @@ class VisionTokenRun(ExtractionRun):
         return tokens, grids
 
     def _rows(self, rows: pd.DataFrame, out: TokenBatch) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
-        for (_, row), tokens, (t, h, w) in zip(rows.iterrows(), *out, strict=True):
-            meta = {
-                "sample_id": row.question_id,
-                "image_id": row.image_name,
-                "image_sha256": row.image_sha256,
-                "question": row.question,
-                "n_image_tokens": tokens.shape[1],
-                "grid_t": t,
-                "grid_h": h,
-                "grid_w": w,
-            }
+        for (_, row), tokens, grid in zip(rows.iterrows(), *out, strict=True):
+            meta = image_meta(row, tokens.shape[1], grid)
             arrays = {"statistics": image_statistics(tokens)}
             if self.lens.save_tensors:
                 self._log_size_once(tokens)
@@ -109,6 +100,20 @@ class VisionTokenRun(ExtractionRun):
         super().run(samples)
 
 
+def image_meta(row: pd.Series, n_tokens: int, grid: tuple[int, int, int]) -> dict:
+    t, h, w = grid
+    return {
+        "sample_id": row.question_id,
+        "image_id": row.image_name,
+        "image_sha256": row.image_sha256,
+        "question": row.question,
+        "n_image_tokens": n_tokens,
+        "grid_t": t,
+        "grid_h": h,
+        "grid_w": w,
+    }
+
+
 def images_of(samples: pd.DataFrame) -> pd.DataFrame:
     """One row per image, named by it (its first question serves as the prompt: the tokens don't see it)."""
     images = samples.drop_duplicates("image_name").copy()
@@ -116,16 +121,21 @@ def images_of(samples: pd.DataFrame) -> pd.DataFrame:
     return images.reset_index(drop=True)
 
 
-def vision_tokens(params: Params, model_name: str) -> Path:
-    """Extract, then write the per-layer aggregates as DVC metrics and the norm by layer as a plot."""
+def images_with_tokens(params: Params, model_name: str) -> pd.DataFrame:
+    """The sample's images for a model whose decoder sees image tokens (checked before weights load)."""
     settings = params.model(model_name)
-    _, adapter = read_config(settings)  # before any weights load
+    _, adapter = read_config(settings)
     if not adapter.image_in_decoder:
         raise ConfigError(
             f"{model_name} feeds the image to its decoder through cross-attention layers, not as tokens: "
             f"there are no vision tokens to read. Leave it out of lens.models in {params._source}."
         )
-    images = images_of(read_samples(params.data.out).head(settings.max_samples))
+    return images_of(read_samples(params.data.out).head(settings.max_samples))
+
+
+def vision_tokens(params: Params, model_name: str) -> Path:
+    """Extract, then write the per-layer aggregates as DVC metrics and the norm by layer as a plot."""
+    images = images_with_tokens(params, model_name)
     with process_group(Rank.from_env()) as rank:
         run = VisionTokenRun(params, model_name, rank)
         run.run(images)

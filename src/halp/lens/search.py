@@ -27,22 +27,27 @@ def _best(scores: Tensor, rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return scores.gather(-1, order), rows.gather(-1, order)
 
 
-def top_k(queries: Tensor, chunks: Iterable[Tensor], k: int) -> tuple[Tensor, Tensor]:
-    """([n, k] cosines, [n, k] row numbers) of each query's k nearest rows over all `chunks` (consecutive
-    blocks of bank rows, each [rows, H], already L2-normalised), computed on the queries' device."""
+def top_k(queries: Tensor, chunks: Iterable[tuple[Tensor, Tensor]], k: int) -> tuple[Tensor, Tensor]:
+    """([n, k] cosines, [n, k] row numbers) of each query's k nearest bank rows over all `chunks`, each
+    (row numbers [rows], L2-normalised vectors [rows, H]), in any order; computed on the queries' device."""
     q = normalised(queries)
     best_scores = torch.empty(len(q), 0, device=q.device)
     best_rows = torch.empty(len(q), 0, dtype=torch.long, device=q.device)
-    start = 0
-    for chunk in chunks:
-        scores = q @ chunk.to(q.device, torch.float32).T  # [n, rows]
-        rows = torch.arange(start, start + len(chunk), device=q.device).expand(len(q), -1)
-        scores, rows = _best(scores, rows, min(k, len(chunk)))
+    for numbers, vectors in chunks:
+        scores = q @ vectors.to(q.device, torch.float32).T  # [n, rows]
+        rows = numbers.to(q.device, torch.long).expand(len(q), -1)
+        scores, rows = _best(scores, rows, min(k, len(numbers)))
         best_scores, best_rows = _best(
             torch.cat([best_scores, scores], 1), torch.cat([best_rows, rows], 1), k
         )
-        start += len(chunk)
     return best_scores, best_rows
+
+
+def consecutive(vectors: Tensor, rows_per_chunk: int) -> Iterable[tuple[Tensor, Tensor]]:
+    """An in-memory matrix as chunks for `top_k`, its rows numbered from 0."""
+    for start in range(0, len(vectors), rows_per_chunk):
+        block = vectors[start : start + rows_per_chunk]
+        yield torch.arange(start, start + len(block)), block
 
 
 def merge_layers(per_layer: list[tuple[Tensor, Tensor]], k: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -9,10 +9,21 @@ emb.get("query_token", 14)    # [N, H] at decoder block 14
 from halp.store.reader import (
     Bank,
     Embeddings,
+    LensReadings,
     VisionTokens,
     open_bank,
     open_embeddings,
+    open_lens,
     open_vision_tokens,
 )
 
-__all__ = ["Bank", "Embeddings", "VisionTokens", "open_bank", "open_embeddings", "open_vision_tokens"]
+__all__ = [
+    "Bank",
+    "Embeddings",
+    "LensReadings",
+    "VisionTokens",
+    "open_bank",
+    "open_embeddings",
+    "open_lens",
+    "open_vision_tokens",
+]

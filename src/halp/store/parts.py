@@ -55,6 +55,24 @@ VISION_TOKENS = Schema(
     ragged=("tokens",),
     ragged_rows="n_image_tokens",
 )
+# One row per image: each lens's k best readings of every image token at each layer, [n_image_tokens,
+# 1 + n_layers, k] per image, concatenated (`halp.lens.lenses.Readings`).
+LENS_ARRAYS = (
+    "latent_scores",
+    "latent_rows",
+    "latent_layers",
+    "embedding_scores",
+    "embedding_ids",
+    "logit_scores",
+    "logit_ids",
+)
+LENS = Schema(
+    text=VISION_TOKENS.text,
+    ints=VISION_TOKENS.ints,
+    arrays=LENS_ARRAYS,
+    ragged=LENS_ARRAYS,
+    ragged_rows="n_image_tokens",
+)
 # One row per chosen token occurrence of a corpus (its sample_id is "sentence:position"): the residual
 # stream at each bank layer, L2-normalised ([n_layers, H], float16 by default), and its norms [n_layers].
 BANK = Schema(

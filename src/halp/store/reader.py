@@ -4,6 +4,7 @@ any (representation, layer) as [N, H]; vision tokens: per-image statistics and, 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from halp.store.parts import (
     BANK,
     EMBEDDINGS,
     ERROR_COLUMNS,
+    LENS,
     MANIFEST,
     PART_GLOB,
     REPRESENTATIONS,
@@ -145,16 +147,43 @@ class Embeddings(Parts):
         return out
 
 
-class VisionTokens(Parts):
+class ImageParts(Parts):
+    """Parts with one row per image and arrays ragged over its image tokens."""
+
+    @property
+    def layer_names(self) -> list[str]:
+        return ["input", *(str(k) for k in self.layers)]
+
+    def per_image(self, name: str) -> list[np.ndarray]:
+        """A ragged array, one [n_image_tokens, ...] block per image, in `meta` order."""
+        out: list[np.ndarray] = [np.empty(0)] * len(self._rows)
+        for i, part in enumerate(self.parts):
+            mine = self._rows[self._rows._part == i]
+            if mine.empty:
+                continue
+            with h5py.File(part, "r") as f:
+                counts = f["meta/n_image_tokens"][()]
+                starts = np.concatenate([[0], np.cumsum(counts)])
+                values = f[name][()]
+            for where, row in zip(mine.index, mine._row, strict=True):
+                out[where] = values[starts[row] : starts[row + 1]]
+        return out
+
+
+class LensReadings(ImageParts):
+    """A model's lens readings (`halp lens`): per image, [n_image_tokens, 1 + n_layers, k] for each of
+    latent/embedding/logit scores and rows/ids (and latent_layers: the bank layer of each bank row)."""
+
+    schema = LENS
+    command = "halp lens --model NAME"
+
+
+class VisionTokens(ImageParts):
     """A model's vision tokens (`halp vision-tokens`): one row per image; its layers are the LM's input,
     then `layers` (blocks)."""
 
     schema = VISION_TOKENS
     command = "halp vision-tokens --model NAME"
-
-    @property
-    def layer_names(self) -> list[str]:
-        return ["input", *(str(k) for k in self.layers)]
 
     def statistics(self) -> pd.DataFrame:
         """One row per (image, layer): image_id, layer, and each statistic, in `meta`'s image order."""
@@ -205,6 +234,22 @@ class Bank(Parts):
         """[N] the vectors' norms before normalising."""
         return self._layer("norms", layer)
 
+    def chunks(self, layer: int, rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row numbers in `meta`, vectors [<= rows, H]) for the whole bank at one layer, read a block at
+        a time: the bank never has to fit in memory."""
+        index = self.layers.index(layer)
+        for i, part in enumerate(self.parts):
+            mine = self._rows[self._rows._part == i]
+            numbers, local = mine.index.to_numpy(), mine._row.to_numpy()
+            with h5py.File(part, "r") as f:
+                dataset = f["vectors"]
+                for start in range(0, len(local), rows):
+                    block = local[start : start + rows]
+                    yield (
+                        numbers[start : start + rows],
+                        dataset[block.min() : block.max() + 1, index][block - block.min()],
+                    )
+
 
 def open_embeddings(folder: Path | str) -> Embeddings:
     return Embeddings(folder)
@@ -216,3 +261,7 @@ def open_vision_tokens(folder: Path | str) -> VisionTokens:
 
 def open_bank(folder: Path | str) -> Bank:
     return Bank(folder)
+
+
+def open_lens(folder: Path | str) -> LensReadings:
+    return LensReadings(folder)

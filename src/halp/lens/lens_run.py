@@ -1,0 +1,89 @@
+"""`halp lens`: what every image token means at every layer, by LatentLens, EmbeddingLens and LogitLens,
+from one prefill pass per batch of images (the vision-tokens run, searching instead of storing vectors)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import BatchFeature
+
+from halp.config import Params
+from halp.extract.distributed import Rank, process_group
+from halp.lens.lenses import Lenses, Readings
+from halp.lens.report import write_lens_outputs
+from halp.lens.run import VisionTokenRun, image_meta, images_with_tokens
+from halp.store.parts import LENS, LENS_ARRAYS, Schema
+from halp.store.reader import Bank, open_bank, open_lens
+
+LensBatch = tuple[list[np.ndarray], list[tuple[int, int, int]], Readings]
+
+
+class LensRun(VisionTokenRun):
+    schema: Schema = LENS
+    progress = ("lens", "image")
+
+    def __init__(self, params: Params, model_name: str, rank: Rank):
+        self.bank: Bank = open_bank(params.lens.bank_dir / model_name)
+        super().__init__(params, model_name, rank)
+        self.lenses = Lenses(self.loaded, self.bank, params.lens.top_k)
+
+    def _folder(self, params: Params) -> Path:
+        return params.lens.lens_dir / self.name
+
+    def _identity(self) -> dict:
+        identity = super()._identity() | {"kind": "lens", "bank": self.bank.attrs["config_hash"]}
+        identity["top_k"] = self.lens.top_k
+        del identity["save_tensors"]
+        return identity
+
+    def _attrs(self) -> dict:
+        attrs = super()._attrs() | {"bank_layers": self.bank.layers, "top_k": self.lens.top_k}
+        del attrs["statistics"], attrs["saved_tensors"]
+        return attrs
+
+    def _compute(self, inputs: BatchFeature) -> LensBatch:
+        tokens, grids = super()._compute(inputs)
+        everything = torch.from_numpy(np.concatenate(tokens, axis=1))  # [1 + L, all tokens, H]
+        layers, count, hidden = everything.shape
+        readings = self.lenses.read(everything.reshape(-1, hidden))
+        shaped = {k: v.reshape(layers, count, -1).transpose(0, 1).cpu() for k, v in vars(readings).items()}
+        return tokens, grids, Readings(**shaped)  # [all tokens, 1 + L, k] each
+
+    def _rows(self, rows: pd.DataFrame, out: LensBatch) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+        tokens, grids, readings = out
+        start = 0
+        for (_, row), image, grid in zip(rows.iterrows(), tokens, grids, strict=True):
+            n = image.shape[1]
+            arrays = {name: getattr(readings, name)[start : start + n].numpy() for name in LENS_ARRAYS}
+            start += n
+            yield image_meta(row, n, grid), arrays
+
+
+def lens(params: Params, model_name: str) -> Path:
+    """Read every image token with the three lenses; then the metrics and the page."""
+    images = images_with_tokens(params, model_name)
+    with process_group(Rank.from_env()) as rank:
+        run = LensRun(params, model_name, rank)
+        run.run(images)
+        if rank.is_main:
+            settings = params.lens
+            readings = open_lens(run.folder)
+            if readings.meta.empty:
+                raise ValueError(
+                    f"no image could be read for {model_name} ({len(readings.errors)} errors, e.g. "
+                    f"{readings.errors.message.iloc[0]}): nothing to show"
+                )
+            write_lens_outputs(
+                readings,
+                run.bank,
+                run.loaded.processor.tokenizer.decode,
+                images,
+                settings.lens_metrics_dir,
+                settings.view_dir,
+                settings.view_images,
+            )
+    return run.folder

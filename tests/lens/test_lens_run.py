@@ -1,0 +1,53 @@
+"""`halp prepare-corpus`, `halp contextual-bank` and `halp lens` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from halp.config import load_params
+from halp.data.images import load_image
+from halp.extract.engine import Extractor
+from halp.lens.lenses import Lenses
+from halp.models.loading import load_model
+from halp.store import open_bank, open_lens
+from tests.conftest import halp, set_params
+
+MODEL = "qwen2_5_vl"
+
+
+def test_readings_metrics_and_page_for_every_image(workspace):
+    set_params(
+        workspace, {"corpus": {"out": "corpus.txt", "sentences": 40}, "lens": {"corpus": "corpus.txt"}}
+    )
+    halp("prepare-corpus", cwd=workspace)
+    halp("contextual-bank", "--model", MODEL, cwd=workspace)
+    halp("lens", "--model", MODEL, cwd=workspace)
+    readings = open_lens(workspace / "data/lens" / MODEL)
+    bank = open_bank(workspace / "data/banks" / MODEL)
+    assert readings.layer_names == ["input", "0", "1", "2", "3"] and readings.errors.empty
+    first = readings.meta.iloc[0]
+    rows = readings.per_image("latent_rows")[0]  # [n, 1 + L, k]
+    assert rows.shape == (first.n_image_tokens, 5, 5) and rows.max() < len(bank.meta)
+
+    params = load_params(workspace / "params.yaml")
+    loaded = load_model(params.model(MODEL))
+    extractor = Extractor(loaded, [0, 1, 2, 3], max_new_tokens=1, top_k=1)
+    image = load_image(str(workspace / "demo/images" / first.image_id))
+    tokens = extractor.image_tokens(extractor.prepare([image], [first.question]))[0]  # [5, n, H]
+    again = Lenses(loaded, bank, k=5).read(torch.from_numpy(tokens.reshape(-1, tokens.shape[-1])))
+    expected = again.latent_rows.reshape(5, -1, 5).transpose(0, 1).numpy()
+    np.testing.assert_array_equal(rows, expected)
+
+    metrics = json.loads((workspace / "metrics/lens" / f"{MODEL}.json").read_text())
+    assert metrics["n_images"] == len(readings.meta) and list(metrics["layers"]) == readings.layer_names
+    for layer in metrics["layers"].values():
+        assert np.isclose(sum(layer["top1_from_bank_layer"].values()), 1.0)
+    page = (workspace / "reports/lens" / f"{MODEL}.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == min(6, len(readings.meta))
+    assert page.count("<table>") == min(6, len(readings.meta)) * 5
+
+    again = halp("lens", "--model", MODEL, cwd=workspace)
+    assert "already done" in again.stderr
