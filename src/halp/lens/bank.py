@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -147,6 +148,7 @@ class BankBuilder:
         )
         buffer = PartBuffer(BANK)
         size = self.settings.batch_size
+        started = time.perf_counter()
         with tqdm(total=len(sentences), desc=f"bank {self.name}", unit="sentence") as progress:
             for start in range(0, len(sentences), size):
                 batch = sentences[start : start + size]
@@ -165,6 +167,15 @@ class BankBuilder:
                     buffer = PartBuffer(BANK)
                 progress.update(len(batch))
         self._flush(buffer)
+        seconds = time.perf_counter() - started
+        tokens = sum(len(self.token_ids[i]) for i in sentences)
+        log.info(
+            "%d sentences, %d tokens in %.1f s (%.0f tokens/s)",
+            len(sentences),
+            tokens,
+            seconds,
+            tokens / max(seconds, 1e-9),
+        )
         self.parts.write_manifest(self.name, list(self.chosen.sample_id))
         self._write_metrics()
         return self.folder

@@ -19,8 +19,18 @@ def normalised(x: Tensor) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+MARGIN = (
+    16  # candidates past the k-th kept before ordering ties: a tie group longer than that is sorted whole
+)
+
+
 def _best(scores: Tensor, rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The k highest scores per query and their rows, highest first, ties by the lower row."""
+    width = scores.shape[-1]
+    if width > k + MARGIN:  # narrow to a few candidates first, unless a tie runs past them
+        top = scores.topk(k + MARGIN, dim=-1)
+        if not bool((top.values[:, k - 1] == top.values[:, -1]).any()):
+            scores, rows = top.values, rows.gather(-1, top.indices)
     order = torch.argsort(rows, dim=-1, stable=True)  # rows ascending, then a stable sort by score
     scores, rows = scores.gather(-1, order), rows.gather(-1, order)
     order = torch.argsort(scores, dim=-1, descending=True, stable=True)[..., :k]
