@@ -239,6 +239,10 @@ class LensSettings(_Section):
     bank_dir: Path = Path("data/banks")
     bank_metrics_dir: Path = Field(Path("metrics/banks"), description="rows, token strings, sentences used")
     top_k: int = Field(5, ge=1, description="neighbours kept per lens, token and layer")
+    bank_cache_gb: float = Field(
+        4.0, ge=0, description="a bank whose float32 copy fits is kept on the device; else read in chunks"
+    )
+    bank_part_rows: int = Field(65536, ge=1, description="bank rows per part file")
     lens_dir: Path = Path("data/lens")
     lens_metrics_dir: Path = Field(
         Path("metrics/lens"), description="top-1 similarity, bank layers, agreement"

@@ -73,7 +73,7 @@ def test_rows_are_the_models_own_states_whatever_the_batch(bank_workspace, monke
 
 def test_the_cap_holds_and_a_lost_part_comes_back_the_same(bank_workspace, monkeypatch):
     monkeypatch.chdir(bank_workspace)
-    bank = build(bank_workspace, **{"lens.max_per_token": 3, f"models.{MODEL}.checkpoint_interval": 16})
+    bank = build(bank_workspace, **{"lens.max_per_token": 3, "lens.bank_part_rows": 16})
     assert bank.meta.token_string.value_counts().max() == 3
     assert len(bank.parts) > 1
     before = bank.vectors(3)

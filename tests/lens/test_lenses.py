@@ -67,8 +67,8 @@ def test_latent_lens_is_a_brute_force_top_k_over_every_bank_layer_and_any_chunki
     everything = torch.cat([torch.from_numpy(bank.vectors(layer)).float() for layer in bank.layers])
     scores = normalised(queries) @ everything.T
     n = len(bank.meta)
-    for chunk in (5, 1 << 16):
-        found = Lenses(loaded, bank, k=4, rows_per_chunk=chunk).read(queries)
+    for chunk, cache_gb in ((5, 0), (1 << 16, 0), (7, 1)):  # read in chunks each time, or kept
+        found = Lenses(loaded, bank, k=4, rows_per_chunk=chunk, cache_gb=cache_gb).read(queries)
         for q in range(len(queries)):
             order = sorted(range(len(everything)), key=lambda j: (-scores[q, j].item(), j))[:4]
             assert (found.latent_layers[q] * n + found.latent_rows[q]).tolist() == order

@@ -64,7 +64,7 @@ def _key(seed: int, sentence: int, position: int) -> int:
 
 class BankBuilder:
     """Runs the corpus's sentences that hold chosen occurrences through the LM, batch by batch, writing a
-    part every `checkpoint_interval` rows; a rerun skips the rows any part holds."""
+    part every `lens.bank_part_rows` rows; a rerun skips the rows any part holds."""
 
     def __init__(self, params: Params, model_name: str):
         self.name = model_name
@@ -162,7 +162,7 @@ class BankBuilder:
                         for c in ("sample_id", "token_string", "token_id", "sentence", "position")
                     }
                     buffer.add(meta, {"vectors": unit[n], "norms": norms[n].astype(np.float32)})
-                if len(buffer) >= self.settings.checkpoint_interval:
+                if len(buffer) >= self.lens.bank_part_rows:
                     self._flush(buffer)
                     buffer = PartBuffer(BANK)
                 progress.update(len(batch))

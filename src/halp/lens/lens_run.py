@@ -29,7 +29,7 @@ class LensRun(VisionTokenRun):
     def __init__(self, params: Params, model_name: str, rank: Rank):
         self.bank: Bank = open_bank(params.lens.bank_dir / model_name)
         super().__init__(params, model_name, rank)
-        self.lenses = Lenses(self.loaded, self.bank, params.lens.top_k)
+        self.lenses = Lenses(self.loaded, self.bank, params.lens.top_k, cache_gb=params.lens.bank_cache_gb)
 
     def _folder(self, params: Params) -> Path:
         return params.lens.lens_dir / self.name

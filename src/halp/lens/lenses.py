@@ -37,17 +37,29 @@ class Readings:
 
 
 class Lenses:
-    def __init__(self, loaded: LoadedModel, bank: Bank, k: int, rows_per_chunk: int = 65536):
+    """The three lenses of one model. A bank whose float32 copy fits `cache_gb` is read once and kept on the
+    model's device (every batch of images searches it again); a bigger one is read a chunk at a time."""
+
+    def __init__(
+        self, loaded: LoadedModel, bank: Bank, k: int, rows_per_chunk: int = 65536, cache_gb: float = 4.0
+    ):
         model = loaded.model
         self.device = loaded.device
         self.embeddings = normalised(model.get_input_embeddings().weight.detach()).to(self.device)  # [V, H]
         self.head = model.get_output_embeddings()
         self.final_norm = resolve(model, loaded.adapter.final_norm)
         self.bank, self.k, self.rows_per_chunk = bank, k, rows_per_chunk
+        size = len(bank.meta) * len(bank.layers) * bank.attrs["hidden_size"] * 4
+        self.cache = (
+            {layer: list(self._read(layer)) for layer in bank.layers} if size <= cache_gb * 2**30 else None
+        )
+
+    def _read(self, layer: int):
+        for numbers, vectors in self.bank.chunks(layer, self.rows_per_chunk):
+            yield torch.tensor(numbers), torch.from_numpy(vectors).to(self.device, torch.float32)
 
     def _bank_chunks(self, layer: int):
-        for numbers, vectors in self.bank.chunks(layer, self.rows_per_chunk):
-            yield torch.tensor(numbers), torch.from_numpy(vectors)
+        return self.cache[layer] if self.cache is not None else self._read(layer)
 
     @torch.inference_mode()
     def read(self, vectors: Tensor) -> Readings:
