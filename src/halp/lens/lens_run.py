@@ -12,10 +12,11 @@ import torch
 from transformers import BatchFeature
 
 from halp.config import Params
-from halp.extract.distributed import Rank, process_group
+from halp.extract.distributed import Rank
+from halp.extract.run import read_samples
 from halp.lens.lenses import Lenses, Readings
 from halp.lens.report import write_lens_outputs
-from halp.lens.run import VisionTokenRun, image_meta, images_with_tokens
+from halp.lens.run import VisionTokenRun, image_meta, run_over_images
 from halp.store.parts import LENS, LENS_ARRAYS, Schema
 from halp.store.reader import Bank, open_bank, open_lens
 
@@ -65,25 +66,22 @@ class LensRun(VisionTokenRun):
 
 def lens(params: Params, model_name: str) -> Path:
     """Read every image token with the three lenses; then the metrics and the page."""
-    images = images_with_tokens(params, model_name)
-    with process_group(Rank.from_env()) as rank:
-        run = LensRun(params, model_name, rank)
-        run.run(images)
-        if rank.is_main:
-            settings = params.lens
-            readings = open_lens(run.folder)
-            if readings.meta.empty:
-                raise ValueError(
-                    f"no image could be read for {model_name} ({len(readings.errors)} errors, e.g. "
-                    f"{readings.errors.message.iloc[0]}): nothing to show"
-                )
-            write_lens_outputs(
-                readings,
-                run.bank,
-                run.loaded.processor.tokenizer.decode,
-                images,
-                settings.lens_metrics_dir,
-                settings.view_dir,
-                settings.view_images,
+    if run := run_over_images(params, model_name, LensRun):
+        readings = open_lens(run.folder)
+        if readings.meta.empty:
+            raise ValueError(
+                f"no image could be read for {model_name} ({len(readings.errors)} errors, e.g. "
+                f"{readings.errors.message.iloc[0]}): nothing to show"
             )
-    return run.folder
+        settings = params.lens
+        paths = read_samples(params.data.out).set_index("image_name").image_path.to_dict()
+        write_lens_outputs(
+            readings,
+            run.bank,
+            run.loaded.processor.tokenizer.decode,
+            paths,
+            settings.lens_metrics_dir,
+            settings.view_dir,
+            settings.view_images,
+        )
+    return params.lens.lens_dir / model_name

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from halp.data.images import load_image
 from halp.store.reader import Bank, LensReadings
@@ -121,7 +120,7 @@ def write_lens_outputs(
     readings: LensReadings,
     bank: Bank,
     decode,
-    samples: pd.DataFrame,
+    image_paths: dict[str, str],
     metrics_dir: Path,
     view_dir: Path,
     n_images: int,
@@ -131,5 +130,4 @@ def write_lens_outputs(
     view_dir.mkdir(parents=True, exist_ok=True)
     metrics = lens_metrics(readings, bank, decode)
     (metrics_dir / f"{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    paths = dict(zip(samples.image_name, samples.image_path, strict=True))
-    (view_dir / f"{name}.html").write_text(lens_page(readings, bank, decode, paths, n_images))
+    (view_dir / f"{name}.html").write_text(lens_page(readings, bank, decode, image_paths, n_images))

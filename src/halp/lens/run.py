@@ -121,8 +121,11 @@ def images_of(samples: pd.DataFrame) -> pd.DataFrame:
     return images.reset_index(drop=True)
 
 
-def images_with_tokens(params: Params, model_name: str) -> pd.DataFrame:
-    """The sample's images for a model whose decoder sees image tokens (checked before weights load)."""
+def run_over_images(
+    params: Params, model_name: str, run_class: type[VisionTokenRun]
+) -> VisionTokenRun | None:
+    """`run_class` over the sample's images, for a model whose decoder sees image tokens (checked before any
+    weights load); the finished run on the main process, None on the others."""
     settings = params.model(model_name)
     _, adapter = read_config(settings)
     if not adapter.image_in_decoder:
@@ -130,18 +133,18 @@ def images_with_tokens(params: Params, model_name: str) -> pd.DataFrame:
             f"{model_name} feeds the image to its decoder through cross-attention layers, not as tokens: "
             f"there are no vision tokens to read. Leave it out of lens.models in {params._source}."
         )
-    return images_of(read_samples(params.data.out).head(settings.max_samples))
+    images = images_of(read_samples(params.data.out).head(settings.max_samples))
+    with process_group(Rank.from_env()) as rank:
+        run = run_class(params, model_name, rank)
+        run.run(images)
+    return run if rank.is_main else None
 
 
 def vision_tokens(params: Params, model_name: str) -> Path:
     """Extract, then write the per-layer aggregates as DVC metrics and the norm by layer as a plot."""
-    images = images_with_tokens(params, model_name)
-    with process_group(Rank.from_env()) as rank:
-        run = VisionTokenRun(params, model_name, rank)
-        run.run(images)
-        if rank.is_main:
-            write_metrics(VisionTokens(run.folder), params.lens, model_name)
-    return run.folder
+    if run := run_over_images(params, model_name, VisionTokenRun):
+        write_metrics(VisionTokens(run.folder), params.lens, model_name)
+    return params.lens.out_dir / model_name
 
 
 def write_metrics(tokens: VisionTokens, lens: LensSettings, model_name: str) -> None:
