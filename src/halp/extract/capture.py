@@ -6,10 +6,21 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 # module output -> the small thing worth keeping
 Reducer = Callable[[Any], Any]
+
+
+def at_positions(rows: Tensor, columns: Tensor) -> Reducer:
+    """A reducer keeping hidden states [B, S, H] (or a block's output tuple, which holds them first) at
+    (rows, columns) only, as float32 on the CPU: blocks may sit on different devices."""
+
+    def reduce(output: Any) -> Tensor:
+        hidden = output[0] if isinstance(output, tuple) else output
+        return hidden[rows.to(hidden.device), columns.to(hidden.device)].float().cpu()
+
+    return reduce
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from torch import Tensor
 from transformers import BatchFeature
 
 from halp.config import ModelSettings
-from halp.extract.capture import capture_first_call
+from halp.extract.capture import at_positions, capture_first_call
 from halp.extract.layers import resolve_layers
 from halp.models.loading import LoadedModel
 
@@ -118,15 +118,15 @@ class Extractor:
         rows = torch.arange(batch)[:, None]
         wanted = torch.stack([vision_pos, query_pos], dim=1).cpu()  # [B, 2]
 
+        at_wanted = at_positions(rows, wanted)  # only [B, 2, H] leaves each block
+
         def keep_positions(output: Any) -> Tensor:
             hidden = output[0] if isinstance(output, tuple) else output  # [B, S, H]
             if hidden.shape[1] != prompt_len:
                 raise RuntimeError(
                     f"decoder hook saw sequence length {hidden.shape[1]}, expected the prefill's {prompt_len}"
                 )
-            rows_here, wanted_here = rows.to(hidden.device), wanted.to(hidden.device)
-            # only [B, 2, H] leaves the block, and on the CPU: blocks may sit on different devices
-            return hidden[rows_here, wanted_here].float().cpu()
+            return at_wanted(hidden)
 
         blocks = adapter.blocks(model)
         hooks = {str(k): (blocks[k], keep_positions) for k in self.layers}
@@ -173,16 +173,10 @@ class Extractor:
         model, adapter = self.loaded.model, self.loaded.adapter
         inputs = inputs.to(self.loaded.device, non_blocking=self.pin_memory)
         is_image = inputs["input_ids"] == self.image_token_id  # [B, S]
-        rows, columns = is_image.nonzero(as_tuple=True)  # row-major: each sample's tokens in order
-
-        def keep_image_positions(hidden: Tensor) -> Tensor:  # [B, S, H] -> [all image tokens, H]
-            return hidden[rows.to(hidden.device), columns.to(hidden.device)].float().cpu()
-
-        def block_output(output: Any) -> Tensor:
-            return keep_image_positions(output[0] if isinstance(output, tuple) else output)
-
+        # row-major: each sample's tokens in order; [B, S, H] -> [all image tokens, H]
+        keep_image_positions = at_positions(*is_image.nonzero(as_tuple=True))
         blocks = adapter.blocks(model)
-        hooks = {str(k): (blocks[k], block_output) for k in self.layers}
+        hooks = {str(k): (blocks[k], keep_image_positions) for k in self.layers}
         with capture_first_call(hooks, inputs={LM_INPUT: (blocks[0], keep_image_positions)}) as captured:
             model(**inputs, **({"logits_to_keep": 1} if model._supports_logits_to_keep() else {}))
         states = torch.stack([captured[LM_INPUT], *(captured[str(k)] for k in self.layers)])  # [1+L, T, H]

@@ -8,12 +8,14 @@ import math
 log = logging.getLogger(__name__)
 
 
-def resolve_layers(spec: list[int | float], n_blocks: int, model: str = "the model") -> list[int]:
+def resolve_layers(spec: list[int | float] | str, n_blocks: int, model: str = "the model") -> list[int]:
     """Block indices, sorted and unique. Layer k is the output of decoder block k (0-based).
 
     A float f in [0, 1] means block floor(f * n_blocks), capped at the last block, so
-    [0, 0.25, 0.5, 0.75, 1.0] on 28 blocks gives [0, 7, 14, 21, 27].
+    [0, 0.25, 0.5, 0.75, 1.0] on 28 blocks gives [0, 7, 14, 21, 27]; "all" means every block.
     """
+    if spec == "all":
+        return list(range(n_blocks))
     resolved = []
     for layer in spec:
         if isinstance(layer, float):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -28,7 +27,16 @@ from halp.extract.layers import resolve_layers
 from halp.extract.prefetch import prefetched
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import load_model
-from halp.store.parts import ARRAYS, EMBEDDINGS, SCHEMA_VERSION, PartBuffer, PartFolder, Schema, write_part
+from halp.store.parts import (
+    ARRAYS,
+    EMBEDDINGS,
+    SCHEMA_VERSION,
+    PartBuffer,
+    PartFolder,
+    Schema,
+    config_hash,
+    write_part,
+)
 
 log = logging.getLogger(__name__)
 PACKAGES = ("halp", *NUMERIC_PACKAGES)
@@ -98,7 +106,7 @@ class ExtractionRun:
             pin_memory=self.prefetch,
         )
         self.layers = self.extractor.layers
-        self.config_hash = self._config_hash()
+        self.config_hash = config_hash(self._identity())
         self.parts = PartFolder(self.folder, self.config_hash, rank.index, rank.world, self.schema)
         self.buffer = PartBuffer(self.schema)
         self.vision_dim = 0
@@ -106,7 +114,7 @@ class ExtractionRun:
     def _folder(self, params: Params) -> Path:
         return params.extract.out_dir / self.name
 
-    def _layer_spec(self, params: Params) -> list[int | float]:
+    def _layer_spec(self, params: Params) -> list[int | float] | str:
         return self.settings.layers
 
     def _identity(self) -> dict:
@@ -120,9 +128,6 @@ class ExtractionRun:
             "max_new_tokens": self.settings.max_new_tokens,
             "top_k": self.top_k,
         }
-
-    def _config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode()).hexdigest()[:16]
 
     def _attrs(self) -> dict:
         return {

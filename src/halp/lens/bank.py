@@ -27,11 +27,11 @@ from tqdm import tqdm
 from halp.config import Params
 from halp.data.corpus import read_corpus
 from halp.digests import file_digest
-from halp.extract.capture import capture_first_call
+from halp.extract.capture import at_positions, capture_first_call
 from halp.extract.layers import resolve_layers
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import LoadedModel, load_model
-from halp.store.parts import BANK, SCHEMA_VERSION, PartBuffer, PartFolder, write_part
+from halp.store.parts import BANK, SCHEMA_VERSION, PartBuffer, PartFolder, config_hash, write_part
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ class BankBuilder:
         self.lens = params.lens
         self.corpus = read_corpus(self.lens.corpus)
         self.loaded: LoadedModel = load_model(self.settings)
-        spec = self.lens.bank_layers
-        n_blocks = self.loaded.n_blocks
-        self.layers = list(range(n_blocks)) if spec == "all" else resolve_layers(spec, n_blocks, self.name)
+        self.layers = resolve_layers(self.lens.bank_layers, self.loaded.n_blocks, self.name)
         tokenizer = self.loaded.processor.tokenizer
         self.token_ids = [tokenizer(s)["input_ids"] for s in self.corpus]  # as the LM alone would read it
         strings = [tokenizer.decode([t]) for t in range(len(tokenizer))]
@@ -94,7 +92,7 @@ class BankBuilder:
             "seed": self.lens.seed,
             "storage_dtype": self.lens.bank_dtype,
         }
-        self.config_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        self.config_hash = config_hash(identity)
         self.parts = PartFolder(self.folder, self.config_hash, schema=BANK)
 
     def _attrs(self) -> dict:
@@ -122,13 +120,9 @@ class BankBuilder:
         input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids])  # right padding
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
         where = {sentence: n for n, sentence in enumerate(sentences)}
-        rows = torch.tensor([where[s] for s in wanted.sentence])
-        columns = torch.tensor(wanted.position.to_numpy())
-
-        def keep(output):
-            hidden = output[0] if isinstance(output, tuple) else output  # [B, S, H]
-            return hidden[rows.to(hidden.device), columns.to(hidden.device)].float().cpu()
-
+        keep = at_positions(
+            torch.tensor([where[s] for s in wanted.sentence]), torch.tensor(wanted.position.to_numpy())
+        )
         blocks = self.loaded.adapter.blocks(self.loaded.model)
         with capture_first_call({str(k): (blocks[k], keep) for k in self.layers}) as captured:
             device = self.loaded.device

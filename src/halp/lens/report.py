@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from halp.data.images import load_image
+from halp.lens.lenses import METHODS
 from halp.store.reader import Bank, LensReadings
 
 
@@ -39,9 +40,7 @@ def token_strings(readings: LensReadings, bank: Bank, decode) -> dict[str, np.nd
 def lens_metrics(readings: LensReadings, bank: Bank, decode) -> dict:
     """Per visual layer: each lens's mean top-1 score (cosine; the logit lens's probability), how often two
     lenses' top-1 words agree, and which bank layer supplies LatentLens' top-1 neighbour how often."""
-    scores = {
-        m: np.concatenate(readings.per_image(f"{m}_scores"))[..., 0] for m in ("latent", "embedding", "logit")
-    }
+    scores = {m: np.concatenate(readings.per_image(f"{m}_scores"))[..., 0] for m in METHODS}
     source = np.concatenate(readings.per_image("latent_layers"))[..., 0]  # [T, 1 + L]
     words = {
         m: np.char.lower(np.char.strip(v.astype(str)))

@@ -42,8 +42,8 @@ class VisionTokenRun(ExtractionRun):
     def _folder(self, params: Params) -> Path:
         return params.lens.out_dir / self.name
 
-    def _layer_spec(self, params: Params) -> list[int | float]:
-        return list(range(self.loaded.n_blocks)) if params.lens.layers == "all" else params.lens.layers
+    def _layer_spec(self, params: Params) -> list[int | float] | str:
+        return params.lens.layers
 
     def _identity(self) -> dict:
         return {

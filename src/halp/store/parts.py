@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -86,6 +87,11 @@ MANIFEST = "manifest.json"
 ROWS_PER_CHUNK = 256
 
 _utf8 = h5py.vlen_dtype(np.uint8)
+
+
+def config_hash(identity: dict[str, Any]) -> str:
+    """A short stable digest of what changes a folder's numbers: parts of another hash are stale."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class PartWriteError(RuntimeError):

@@ -124,6 +124,14 @@ class Parts:
                 blocks.append((rows.index.to_numpy(), read(f[name], rows._row.to_numpy())))
         return blocks
 
+    def _gather(self, name: str, read) -> np.ndarray:
+        """`read`'s rows of every part assembled into one array in `meta` order."""
+        blocks = self._blocks(name, read)
+        out = np.empty((len(self._rows), *blocks[0][1].shape[1:]), dtype=blocks[0][1].dtype)
+        for where, values in blocks:
+            out[where] = values
+        return out
+
 
 class Embeddings(Parts):
     """A model's extracted representations (`halp extract`)."""
@@ -140,11 +148,7 @@ class Embeddings(Parts):
         def read(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
             return (dataset[:, self.layers.index(layer)] if layered else dataset[()])[rows]
 
-        chunks = self._blocks(representation, read)
-        out = np.empty((len(self._rows), *chunks[0][1].shape[1:]), dtype=chunks[0][1].dtype)
-        for where, values in chunks:
-            out[where] = values
-        return out
+        return self._gather(representation, read)
 
 
 class ImageParts(Parts):
@@ -188,9 +192,7 @@ class VisionTokens(ImageParts):
     def statistics(self) -> pd.DataFrame:
         """One row per (image, layer): image_id, layer, and each statistic, in `meta`'s image order."""
         names = json.loads(self.attrs["statistics"])
-        values = np.empty((len(self._rows), len(self.layer_names), len(names)))
-        for where, block in self._blocks("statistics", lambda dataset, rows: dataset[()][rows]):
-            values[where] = block
+        values = self._gather("statistics", lambda dataset, rows: dataset[()][rows])  # [N, 1 + L, stats]
         table = pd.DataFrame(values.reshape(-1, len(names)), columns=names)
         table.insert(0, "layer", self.layer_names * len(self._rows))
         table.insert(0, "image_id", np.repeat(self.meta.image_id.to_numpy(), len(self.layer_names)))
@@ -220,11 +222,7 @@ class Bank(Parts):
         if layer not in self.layers:
             raise KeyError(f"layer {layer} is not in the bank; its layers: {self.layers}")
         index = self.layers.index(layer)
-        chunks = self._blocks(name, lambda dataset, rows: dataset[:, index][rows])
-        out = np.empty((len(self._rows), *chunks[0][1].shape[1:]), dtype=chunks[0][1].dtype)
-        for where, values in chunks:
-            out[where] = values
-        return out
+        return self._gather(name, lambda dataset, rows: dataset[:, index][rows])
 
     def vectors(self, layer: int) -> np.ndarray:
         """[N, H] L2-normalised vectors at one bank layer, rows aligned with `meta`."""
