@@ -240,7 +240,7 @@ class LensSettings(_Section):
     bank_metrics_dir: Path = Field(Path("metrics/banks"), description="rows, token strings, sentences used")
     top_k: int = Field(5, ge=1, description="neighbours kept per lens, token and layer")
     bank_cache_gb: float = Field(
-        4.0, ge=0, description="a bank whose float32 copy fits is kept on the device; else read in chunks"
+        4.0, ge=0, description="a bank whose copies (stored, and screen) fit stays on the device, else chunks"
     )
     bank_part_rows: int = Field(65536, ge=1, description="bank rows per part file")
     lens_dir: Path = Path("data/lens")

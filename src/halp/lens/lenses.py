@@ -4,7 +4,8 @@
   of them (the cross-layer merge), each neighbour with the bank layer it came from;
 - EmbeddingLens: the nearest rows of the model's input embedding matrix, by cosine;
 - LogitLens: the LM head on the final norm of the vector, as if the model had to speak there.
-Similarities are computed in float32 on the model's device, the bank read a chunk at a time.
+Similarities are exact float32 cosines (screened in bfloat16 where that is native, see `search`) on the
+model's device, the bank read a chunk at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from halp.lens.search import consecutive, merge_layers, normalised, top_k
+from halp.lens.search import consecutive, merge_layers, normalised, prepared, screen_dtype, top_k
 from halp.models.adapter import resolve
 from halp.models.loading import LoadedModel
 from halp.store.reader import Bank
@@ -37,26 +38,30 @@ class Readings:
 
 
 class Lenses:
-    """The three lenses of one model. A bank whose float32 copy fits `cache_gb` is read once and kept on the
-    model's device (every batch of images searches it again); a bigger one is read a chunk at a time."""
+    """The three lenses of one model. A bank whose copies (as stored, and the search's screen) fit
+    `cache_gb` is read once and kept on the model's device (every batch of images searches it again); a
+    bigger one is read a chunk at a time."""
 
     def __init__(
         self, loaded: LoadedModel, bank: Bank, k: int, rows_per_chunk: int = 65536, cache_gb: float = 4.0
     ):
         model = loaded.model
         self.device = loaded.device
-        self.embeddings = normalised(model.get_input_embeddings().weight.detach()).to(self.device)  # [V, H]
+        self.dtype = screen_dtype(self.device)
+        embeddings = normalised(model.get_input_embeddings().weight.detach()).to(self.device)  # [V, H]
+        self.embeddings = list(consecutive(embeddings, rows_per_chunk, self.dtype))
         self.head = model.get_output_embeddings()
         self.final_norm = resolve(model, loaded.adapter.final_norm)
         self.bank, self.k, self.rows_per_chunk = bank, k, rows_per_chunk
-        size = len(bank.meta) * len(bank.layers) * bank.attrs["hidden_size"] * 4
+        itemsize = bank.dtype.itemsize + self.dtype.itemsize
+        size = len(bank.meta) * len(bank.layers) * bank.attrs["hidden_size"] * itemsize
         self.cache = (
             {layer: list(self._read(layer)) for layer in bank.layers} if size <= cache_gb * 2**30 else None
         )
 
     def _read(self, layer: int):
         for numbers, vectors in self.bank.chunks(layer, self.rows_per_chunk):
-            yield torch.tensor(numbers), torch.from_numpy(vectors).to(self.device, torch.float32)
+            yield prepared(torch.tensor(numbers), torch.from_numpy(vectors).to(self.device), self.dtype)
 
     def _bank_chunks(self, layer: int):
         return self.cache[layer] if self.cache is not None else self._read(layer)
@@ -65,9 +70,9 @@ class Lenses:
     def read(self, vectors: Tensor) -> Readings:
         """vectors [T, H], raw residual stream (as stored: before the final norm)."""
         h = vectors.to(self.device, torch.float32)
-        per_layer = [top_k(h, self._bank_chunks(layer), self.k) for layer in self.bank.layers]
+        per_layer = [top_k(h, self._bank_chunks(layer), self.k, self.dtype) for layer in self.bank.layers]
         latent = merge_layers(per_layer, self.k)
-        embedding = top_k(h, consecutive(self.embeddings, self.rows_per_chunk), self.k)
+        embedding = top_k(h, self.embeddings, self.k, self.dtype)
         weights = self.head.weight
         logits = self.head(self.final_norm(h.to(weights.dtype))).float()
         logit = logits.softmax(dim=-1).topk(self.k, dim=-1)

@@ -224,6 +224,12 @@ class Bank(Parts):
         index = self.layers.index(layer)
         return self._gather(name, lambda dataset, rows: dataset[:, index][rows])
 
+    @property
+    def dtype(self) -> np.dtype:
+        """The vectors' storage type (`lens.bank_dtype`)."""
+        with h5py.File(self.parts[0], "r") as f:
+            return f["vectors"].dtype
+
     def vectors(self, layer: int) -> np.ndarray:
         """[N, H] L2-normalised vectors at one bank layer, rows aligned with `meta`."""
         return self._layer("vectors", layer)
