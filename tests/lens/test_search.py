@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from halp.lens import search
 from halp.lens.search import consecutive, merge_layers, normalised, prepared, top_k
 
 SCREENS = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -69,3 +70,24 @@ def test_the_cross_layer_merge_is_a_global_top_k_that_names_each_neighbours_laye
     scores, rows = top_k(queries, consecutive(everything, 64), k=4)
     torch.testing.assert_close(merged_scores, scores)
     assert (merged_layers * 30 + merged_rows).tolist() == rows.tolist()
+
+
+def test_screening_leaves_the_process_cublas_settings_as_it_found_them():
+    """The screen turns cuBLAS's bfloat16 reduced-precision reduction off while it runs; whatever the user
+    had (split-K companion included, and TF32 set through torch's newer API) must come back unchanged."""
+    matmul = torch.backends.cuda.matmul
+    saved = (matmul.allow_bf16_reduced_precision_reduction, matmul.fp32_precision)
+    try:
+        matmul.fp32_precision = "tf32"
+        for setting in [(True, True), (False, True), (False, False)]:
+            matmul.allow_bf16_reduced_precision_reduction = setting
+            with search._float32_reduction(torch.device("cuda")):
+                assert matmul.allow_bf16_reduced_precision_reduction is False
+            after = (
+                matmul.allow_bf16_reduced_precision_reduction,
+                matmul.allow_bf16_reduced_precision_reduction_split_k,
+            )
+            assert after == setting
+            assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction, matmul.fp32_precision = saved

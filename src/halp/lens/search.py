@@ -73,19 +73,20 @@ def consecutive(vectors: Tensor, rows_per_chunk: int, dtype: torch.dtype = torch
 
 
 @contextmanager
-def _float32_accumulation(device: torch.device) -> Iterator[None]:
-    """cuBLAS may reduce bfloat16 products in bfloat16, or multiply float32 in TF32: the bound assumes
-    neither, so both are off while screening (and restored after)."""
+def _float32_reduction(device: torch.device) -> Iterator[None]:
+    """cuBLAS may reduce bfloat16 products in bfloat16 (split-K): the bound assumes float32 sums, so that is
+    off while screening, and restored after (with its split-K companion where torch has one)."""
     if device.type != "cuda":
         yield
         return
     matmul = torch.backends.cuda.matmul
-    saved = matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction
-    matmul.allow_tf32 = matmul.allow_bf16_reduced_precision_reduction = False
+    saved = matmul.allow_bf16_reduced_precision_reduction
+    split_k = getattr(matmul, "allow_bf16_reduced_precision_reduction_split_k", None)
+    matmul.allow_bf16_reduced_precision_reduction = False
     try:
         yield
     finally:
-        matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = saved
+        matmul.allow_bf16_reduced_precision_reduction = saved if split_k is None else (saved, split_k)
 
 
 def _best(scores: Tensor, rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -106,7 +107,8 @@ def _exact(q: Tensor, chunk: Chunk, query: Tensor, column: Tensor) -> Tensor:
     out = torch.empty(len(query), device=q.device)
     for s in range(0, len(query), ROWS_PER_SLICE):
         pairs = slice(s, s + ROWS_PER_SLICE)
-        out[pairs] = torch.linalg.vecdot(q[query[pairs]], chunk.vectors[column[pairs]].float())
+        rows = chunk.vectors[column[pairs].to(chunk.vectors.device)].to(q.device, torch.float32)
+        out[pairs] = torch.linalg.vecdot(q[query[pairs]], rows)
     return out
 
 
@@ -130,27 +132,33 @@ class _Queries:
     screen: Tensor  # [n, H]
     norm: Tensor  # [n]
     screen_norm: Tensor
-    screen_error: Tensor  # ||screen - exact||, measured
+    screen_error: Tensor  # ||screen - exact||, measured (plus TF32's rounding where it may apply)
+    rounding: float  # the least unit roundoff to assume for bank rows too (TF32's, or 0)
     gamma: float  # relative error of an H-long float32 sum (any order, truncating hardware included)
 
     @classmethod
     def of(cls, queries: Tensor, dtype: torch.dtype) -> _Queries:
         q = normalised(queries)
         screen = q.to(dtype)
-        width = q.shape[-1]
+        width, norm = q.shape[-1], q.norm(dim=-1)
+        # cuBLAS may multiply float32 as TF32 (10-bit mantissa, maybe truncated) if the process allows it:
+        # halp leaves that process-wide setting alone and bounds a float32 screen on a GPU as if it did
+        tf32 = 2.0**-10 if dtype == torch.float32 and q.device.type == "cuda" else 0.0
         return cls(
             q,
             screen,
-            q.norm(dim=-1),
-            screen.float().norm(dim=-1),
-            (screen.float() - q).norm(dim=-1),
+            norm,
+            screen.float().norm(dim=-1) * (1 + tf32),
+            (screen.float() - q).norm(dim=-1) + tf32 * norm,
+            tf32,
             width * 2.0**-23 / (1 - width * 2.0**-23),
         )
 
     def bound(self, chunk: Chunk) -> Tensor:
         """[n] the most a screened score can differ from the float32 one: the rounding of both sides into
         the screen's type (Cauchy-Schwarz over the rounding errors), then both float32 sums."""
-        chunk_screen_norm, chunk_error = chunk.norm * (1 + chunk.rounding), chunk.norm * chunk.rounding
+        rounding = max(chunk.rounding, self.rounding)
+        chunk_screen_norm, chunk_error = chunk.norm * (1 + rounding), chunk.norm * rounding
         bound = (
             self.screen_error * chunk_screen_norm
             + self.norm * chunk_error
@@ -186,7 +194,7 @@ def top_k(
     best_scores = torch.empty(n, 0, device=device)
     best_rows = torch.empty(n, 0, dtype=torch.long, device=device)
     for chunk in chunks:
-        with _float32_accumulation(device):
+        with _float32_reduction(device):
             # [rows, H] @ [H, n], then viewed as [n, rows]: this orientation runs BLAS 1.25x faster here
             screened = torch.mm(chunk.screen.to(device), q.screen.T).T
         floor, seed = _floor(q, chunk, screened, best_scores, k)
