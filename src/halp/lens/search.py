@@ -20,7 +20,7 @@ from torch import Tensor
 
 # candidates past the k-th kept before ordering ties: a tie group longer than that is sorted whole
 MARGIN = 16
-ROWS_PER_SLICE = 4096  # rows converted or scored at once: bounds the float32 temporaries
+ROWS_PER_SLICE = 4096  # (query, row) pairs scored in float32 at once: bounds the temporaries
 
 
 def normalised(x: Tensor) -> Tensor:
