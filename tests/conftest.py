@@ -101,12 +101,17 @@ def kill_after_first_part(model: str, folder: Path, cwd: Path) -> None:
 @pytest.fixture()
 def workspace(tmp_path, tiny_dir) -> Path:
     """A folder with a demo dataset, a sample of it and a params.yaml pointing at the tiny models."""
+    return make_workspace(tmp_path, tiny_dir)
+
+
+def make_workspace(tmp_path: Path, tiny_dir: Path, sample_size: int = 24) -> Path:
+    """The `workspace` fixture's folder, for fixtures of a wider scope."""
     params = {
         "demo": {"out_dir": "demo", "n_images": 12, "seed": 0},
         "data": {
             "csv": "demo/questions.csv",
             "images_dir": "demo/images",
-            "sample_size": 24,
+            "sample_size": sample_size,
             "seed": 0,
             "out": "sampled/samples.csv",
         },

@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 from transformers import BatchFeature
 
+from halp import versions
 from halp.config import Params
 from halp.data.images import load_image
 from halp.digests import file_digest
@@ -121,6 +122,7 @@ class ExtractionRun:
         """What changes the numbers (weights, layers, dtypes, generation, schema), not batch or device."""
         return {
             "schema_version": SCHEMA_VERSION,
+            "code_version": versions.EXTRACTION,
             "weights": model_fingerprint(self.settings.model, self.settings.revision),
             "layers": self.layers,
             "dtype": self.settings.dtype,

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from halp import versions
 from halp.config import Params
 from halp.data.corpus import read_corpus
 from halp.digests import file_digest
@@ -84,6 +85,7 @@ class BankBuilder:
         self.folder = self.lens.bank_dir / model_name
         identity = {
             "schema_version": SCHEMA_VERSION,
+            "code_version": versions.BANK,
             "weights": model_fingerprint(self.settings.model, self.settings.revision),
             "dtype": self.settings.dtype,
             "layers": self.layers,

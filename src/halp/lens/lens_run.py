@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from transformers import BatchFeature
 
+from halp import versions
 from halp.config import Params
 from halp.extract.distributed import Rank
 from halp.extract.run import read_samples
@@ -36,7 +37,11 @@ class LensRun(VisionTokenRun):
         return params.lens.lens_dir / self.name
 
     def _identity(self) -> dict:
-        identity = super()._identity() | {"kind": "lens", "bank": self.bank.attrs["config_hash"]}
+        identity = super()._identity() | {
+            "kind": "lens",
+            "code_version": versions.LENS,
+            "bank": self.bank.attrs["config_hash"],
+        }
         identity["top_k"] = self.lens.top_k
         del identity["save_tensors"]
         return identity

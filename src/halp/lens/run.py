@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from transformers import BatchFeature
 
+from halp import versions
 from halp.config import ConfigError, LensSettings, Params
 from halp.extract.distributed import Rank, process_group
 from halp.extract.run import ExtractionRun, read_samples
@@ -49,6 +50,7 @@ class VisionTokenRun(ExtractionRun):
         return {
             "kind": "vision_tokens",
             "schema_version": SCHEMA_VERSION,
+            "code_version": versions.VISION_TOKENS,
             "weights": super()._identity()["weights"],
             "layers": self.layers,
             "dtype": self.settings.dtype,
