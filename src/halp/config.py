@@ -206,6 +206,9 @@ class ProbeSettings(_Section):
         None, description="CSV of question_id and a group (e.g. data/demo/mechanisms.csv): AUROC per group"
     )
     out_dir: Path = Path("metrics/probes")
+    headline_dir: Path = Field(
+        Path("metrics/headline"), description="per model the few numbers an experiment is compared by"
+    )
     control_dir: Path = Field(
         Path("data/controls"), description="`halp probe --control`'s results: beside, not among, the metrics"
     )

@@ -79,6 +79,7 @@ def make_store(
                 "seeds": 3,
                 "bootstrap": 50,
                 "out_dir": str(root / "probes"),
+                "headline_dir": str(root / "headline"),
                 "control_dir": str(root / "controls"),
             },
         }
@@ -126,6 +127,29 @@ def test_low_rank_mlp_finds_the_planted_layer_and_workers_do_not_change_numbers(
     assert abs(auroc(low_rank, "query_token", 0, "mlp") - 0.5) < 0.15
 
 
+def test_the_headline_gives_the_best_probe_of_each_representation_and_the_baselines(planted):
+    _, params, _ = planted
+    report = json.loads((params.probe.out_dir / "m.json").read_text())  # the last run's (tests rerun it)
+    headline = json.loads((params.probe.headline_dir / "m.json").read_text())
+    assert list(headline) == ["m"], "nested under the model, so that its columns name it"
+    numbers = headline["m"]
+    best = {
+        (rep, layer): max(auroc(report, rep, layer, p) for p in ("mlp", "logistic"))
+        for rep in ("vision_token", "query_token")
+        for layer in LAYERS
+    }
+    assert numbers["qt_layer"] == PLANTED
+    assert numbers["qt_auroc"] == round(best["query_token", PLANTED], 4)
+    vt_layer = max(LAYERS, key=lambda layer: best["vision_token", layer])
+    assert numbers["vt_layer"] == vt_layer and numbers["vt_auroc"] == round(best["vision_token", vt_layer], 4)
+    vf = max(auroc(report, "vision_only", "pooled", p) for p in ("mlp", "logistic"))
+    assert numbers["vf_auroc"] == round(vf, 4)
+    outputs = [report["baselines"][b]["auroc_mean"] for b in ("first_token_max_prob", "first_token_entropy")]
+    assert numbers["output_auroc"] == round(max(outputs), 4)
+    assert numbers["metadata_auroc"] == round(report["baselines"]["metadata"]["auroc_mean"], 4)
+    assert numbers["samples"] == N and numbers["hallucination_rate"] == round(report["n_hallucinated"] / N, 4)
+
+
 def test_standardised_linear_equals_a_linear_layer_on_standardised_features():
     rng = np.random.default_rng(0)
     scale = np.r_[np.full(8, 1e-3), np.ones(8)]  # tiny features, and massive activations (mean 1,000)
@@ -141,6 +165,7 @@ def test_shuffled_control_sits_near_chance(planted):
     path = probe_model(params, "m", control="shuffled")
     assert path == params.probe.control_dir / "m_shuffled.json"
     assert sorted(p.name for p in params.probe.out_dir.iterdir()) == ["m.csv", "m.json"], "metrics untouched"
+    assert [p.name for p in params.probe.headline_dir.iterdir()] == ["m.json"]
     report = json.loads(path.read_text())
     assert report["control"] == "shuffled"
     # validation labels are shuffled too: true ones there picked the epoch and leaked the signal (0.67)
@@ -161,6 +186,8 @@ def test_degenerate_labels_give_a_message_not_a_crash(tmp_path):
     report = json.loads(probe_model(params, "m").read_text())
     assert report["status"] == "degenerate"
     assert "2 hallucinated and 238 correct answers" in report["message"]
+    headline = json.loads((params.probe.headline_dir / "m.json").read_text())
+    assert headline == {"m": {"samples": N, "hallucination_rate": round(2 / N, 4)}}
     write_report(["m", "new"], params.probe.out_dir, tmp_path / "reports")
     text = (tmp_path / "reports" / "report.md").read_text()
     assert "| m | 240 | 2 hallucinated" in text

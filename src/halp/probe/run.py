@@ -15,6 +15,7 @@ from joblib import Parallel, delayed
 
 from halp.config import Params, ProbeSettings
 from halp.probe.classifiers import fit_probes
+from halp.probe.headline import headline
 from halp.probe.metrics import aggregate, auroc, bootstrap_auroc, evaluate
 from halp.probe.splits import DegenerateLabels, Split, check_labels, grouped_splits
 from halp.store import Embeddings, open_embeddings
@@ -215,6 +216,10 @@ def probe_model(params: Params, model_name: str, control: str | None = None) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     table.to_csv(out_dir / f"{name}.csv", index=False, lineterminator="\n")
+    if not control:
+        settings.headline_dir.mkdir(parents=True, exist_ok=True)
+        numbers = json.dumps(headline(report, table), indent=2)
+        (settings.headline_dir / f"{name}.json").write_text(numbers + "\n")
     return out_dir / f"{name}.json"
 
 

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from halp.probe.headline import METADATA, best_output_baseline
+
 log = logging.getLogger(__name__)
 LAYERED = ("vision_token", "query_token")
 
@@ -25,17 +27,8 @@ def _cell(rows: pd.DataFrame) -> str:
     return f"{_interval(best)} ({where}{best.probe})"
 
 
-METADATA = "metadata"  # the baseline that knows only the question's (source, category)
-
-
 def _interval(metrics: dict) -> str:
     return f"{metrics['auroc_mean']:.3f} [{metrics['auroc_ci_low']:.2f}, {metrics['auroc_ci_high']:.2f}]"
-
-
-def best_output_baseline(report: dict) -> tuple[str, dict]:
-    outputs = {name: m for name, m in report["baselines"].items() if name != METADATA}
-    name = max(outputs, key=lambda n: outputs[n]["auroc_mean"])
-    return name, outputs[name]
 
 
 def table_row(model: str, report: dict, rows: pd.DataFrame) -> str:
