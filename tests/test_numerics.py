@@ -1,4 +1,4 @@
-"""halp's numbers do not depend on which vector instructions the CPU offers."""
+"""halp's numbers do not depend on whether an Intel CPU offers AVX-512 (not across vendors: README)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ AVX2_ONLY = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "A
 
 def test_training_gives_the_same_weights_whatever_the_cpu_offers(tmp_path):
     """On an AVX-512 machine the uncapped run differed from this one from the first steps; capped, the
-    demo VLM's weights are byte-identical (on a machine without AVX-512 both runs are AVX2 anyway)."""
+    demo VLM's weights are byte-identical (on a machine without AVX-512 both runs are AVX2 anyway). Both
+    runs share this CPU's vendor, caches and thread count: what differs between two machines beyond the
+    instruction set is measured in tools/cpu_paths.py, not here."""
     organism = dict(n_images=16, steps=6, batch_size=8, warmup_steps=2, curriculum=[2, 4])
     weights = {}
     for name, env in (("this_cpu", {}), ("avx2_only", AVX2_ONLY)):

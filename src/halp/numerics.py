@@ -1,10 +1,14 @@
-"""The same numbers on every x86-64 CPU: PyTorch's CPU kernels, MKL and oneDNN pick their code path by
-the instructions a CPU offers, and an AVX-512 path sums in another order than an AVX2 one, so the demo
-VLM trained on one machine differed from another's from its 100th step. Capping all three at AVX2, a
-level every x86-64 CPU of the last decade has, makes a run's numbers the machine's no longer.
+"""The same numbers whatever vector instructions an Intel CPU offers: PyTorch's CPU kernels, MKL and oneDNN
+pick their code path by the instructions a CPU has, and an AVX-512 path sums in another order than an AVX2
+one. Capping all three at AVX2, a level every x86-64 CPU of the last decade has, makes a run on an
+AVX-512 Intel CPU compute as an AVX2 one.
+
+What it does not do (README, "What is portable"): make an AMD CPU compute as an Intel one (MKL documents
+its AVX2 branch for Intel CPUs; elsewhere it runs its AUTO branch), or fix the thread count, by which
+PyTorch splits some reductions. The trained demo VLM is shipped for that reason, not rebuilt.
 
 It works only before torch loads: `halp`'s command line applies it first thing. A variable already set
-wins, so `ATEN_CPU_CAPABILITY=avx512 halp ...` trades portability for speed deliberately.
+wins, so `ATEN_CPU_CAPABILITY=avx512 halp ...` trades this for speed deliberately.
 """
 
 from __future__ import annotations
