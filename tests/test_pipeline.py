@@ -83,6 +83,13 @@ def test_committed_lock_matches_the_committed_code_params_and_results(tmp_path):
     root = fresh_clone(tmp_path / "halp")
     stale = stale_stages(root)
     assert not stale, f"{stale}: dvc.lock is stale; run `make repro` and commit dvc.lock with its outputs"
+    assert json.loads(run("dvc", "status", "--json", "train-demo", cwd=root)) == {}, (
+        "the trained demo VLM travels with the repository: a fresh clone does not retrain it"
+    )
+    versions = root / "src/halp/versions.py"
+    versions.write_text(versions.read_text().replace("EXTRACTION = 1", "EXTRACTION = 2"))
+    assert set(stale_stages(root)) == {f"extract@{model}" for model in MODELS}
+    versions.write_text(versions.read_text().replace("EXTRACTION = 2", "EXTRACTION = 1"))
     with (root / "src/halp/probe/splits.py").open("a") as code:
         code.write("# an edit\n")
     assert set(stale_stages(root)) == {f"probe@{model}" for model in MODELS}
@@ -106,8 +113,10 @@ def test_repro_builds_embeddings_and_metrics_for_every_model(repo):
         assert emb.layers == ([0, 1, 2, 3] if model == "demo_vlm" else [0, 2, 3])
         summary = json.loads((repo / "metrics/summary" / f"{model}.json").read_text())
         assert summary["n_samples"] == 64 and set(summary["layers"]) == {str(k) for k in emb.layers}
-    shown = run("dvc", "metrics", "show", "--json", cwd=repo)
-    assert "metrics/summary/qwen2_5_vl.json" in shown and "metrics/demo/train.json" in shown
+    shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=repo))[""]["data"]
+    assert set(shown) == {f"metrics/headline/{m}.json" for m in MODELS} | {"metrics/demo/train.json"}
+    detail = json.loads(run("dvc", "metrics", "show", "--json", "metrics/summary/qwen2_5_vl.json", cwd=repo))
+    assert detail[""]["data"]["metrics/summary/qwen2_5_vl.json"]["data"]["n_samples"] == 64
     trained = json.loads((repo / "metrics/demo/train.json").read_text())
     assert trained["steps"] == 12 and trained["loss_by_100_steps"][0] < 10
 
@@ -124,10 +133,6 @@ def test_repro_builds_vision_tokens_a_bank_and_lens_readings_for_the_lens_models
         lens = json.loads((repo / "metrics/lens" / f"{model}.json").read_text())
         assert lens["n_images"] == len(images) and set(lens["layers"]) == set(tokens.layer_names)
         assert "LatentLens" in (repo / "reports/lens" / f"{model}.html").read_text()
-    shown = run("dvc", "metrics", "show", "--json", cwd=repo)
-    assert all(f"metrics/vision_tokens/{model}.json" in shown for model in lens_models)
-    assert all(f"metrics/banks/{model}.json" in shown for model in lens_models)
-    assert all(f"metrics/lens/{model}.json" in shown for model in lens_models)
     assert "reports/vision_tokens" in run("dvc", "plots", "show", "--json", cwd=repo)
 
 
@@ -191,6 +196,18 @@ def test_exp_run_on_one_models_layers_reruns_only_that_model(repo):
     assert ran(out) == [], "the worker count does not change probe results, so nothing reruns"
     shown = json.loads(run("dvc", "exp", "show", "--json", cwd=repo))
     assert "[0, -1]" in json.dumps(shown) or "[0,-1]" in json.dumps(shown)
+
+
+def test_exp_show_at_200_columns_shows_the_probe_results_a_layer_experiment_changed(repo):
+    best = json.loads((repo / "metrics/headline/qwen2_5_vl.json").read_text())["qwen2_5_vl"]["qt_layer"]
+    others = [layer for layer in (0, 2, 3) if layer != best]
+    run("dvc", "exp", "run", "--temp", "-n", "no-best", "-S", f"models.qwen2_5_vl.layers={others}", cwd=repo)
+    table = run("env", "COLUMNS=200", "dvc", "exp", "show", "--only-changed", "--no-pager", cwd=repo)
+    header = next(line for line in table.splitlines() if "Experiment" in line)
+    assert "qwen2_5_vl.qt_auroc" in header and "models.qwen2_5_vl.layers" in header, table
+    row = next(line for line in table.splitlines() if "[no-best]" in line)
+    column = header.index("qwen2_5_vl.qt_layer")
+    assert row[column : column + len("qwen2_5_vl.qt_layer")].strip() != str(best), table
 
 
 def test_a_replaced_image_or_retrained_local_model_reruns_extract(tmp_path):
