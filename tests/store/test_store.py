@@ -110,13 +110,33 @@ def test_float16_storage_refuses_infinities(tmp_path):
     meta, arrays = sample_row(0)
     arrays["query_token"][0, 0] = 1e6  # beyond float16's 65504
     buffer.add(meta, arrays)
-    with pytest.raises(OverflowError, match=r"\['q0'\] overflows float16.*storage_dtype: float32"):
+    with pytest.raises(
+        OverflowError, match=r"1 sample\(s\) overflows float16.*: q0\. .*storage_dtype: float32"
+    ):
         write_part(tmp_path / "part-00000.h5", buffer, ATTRS, "float16")
     assert list(tmp_path.iterdir()) == [], "a refused part leaves nothing behind"
     small = PartBuffer()
     small.add(*sample_row(1))
     write_part(tmp_path / "part-00000.h5", small, ATTRS, "float16")
     assert open_embeddings(tmp_path).get("query_token", 0).dtype == np.float16
+
+
+def test_an_overflow_is_refused_even_beside_a_nan_and_every_overflowed_sample_is_counted(tmp_path):
+    buffer = PartBuffer()
+    for i in range(9):
+        meta, arrays = sample_row(i)
+        arrays["query_token"][0, :2] = [np.nan, 1.0] if i == 0 else [1e6, 2.0]  # NaN poisons a max
+        buffer.add(meta, arrays)
+    with pytest.raises(
+        OverflowError, match=r"8 sample\(s\) overflows float16.*q1, q2, q3, q4, q5 and 3 more"
+    ):
+        write_part(tmp_path / "part-00000.h5", buffer, ATTRS, "float16")
+    nan_only = PartBuffer()
+    meta, arrays = sample_row(0)
+    arrays["query_token"][0, 0] = np.nan
+    nan_only.add(meta, arrays)
+    write_part(tmp_path / "part-00000.h5", nan_only, ATTRS, "float16")  # a NaN is stored as it is
+    assert np.isnan(open_embeddings(tmp_path).get("query_token", 0)[0, 0])
 
 
 def test_mixed_configurations_are_refused(tmp_path):

@@ -144,13 +144,17 @@ def read_text(dataset: h5py.Dataset) -> list[str]:
 
 
 def _float_for_storage(name: str, values: np.ndarray, dtype: str, ids: list[str]) -> np.ndarray:
+    """`values` in the storage dtype; a finite value that would become infinite is refused, checked value by
+    value (a NaN elsewhere in the part, which is stored as it is, must not hide an overflow)."""
     with np.errstate(over="ignore"):
         stored = values.astype(dtype)
-    if not np.isfinite(stored).all() and np.isfinite(values).all():
-        bad = sorted({ids[i] for i in np.argwhere(~np.isfinite(stored))[:, 0]})
+    overflowed = np.isfinite(values) & ~np.isfinite(stored)
+    if overflowed.any():
+        bad = sorted({ids[i] for i in np.argwhere(overflowed)[:, 0]})
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise OverflowError(
-            f"{name} of {bad[:5]} overflows {dtype} (residual streams have outliers): "
-            "set storage_dtype: float32 for this model in params.yaml"
+            f"{name} of {len(bad)} sample(s) overflows {dtype} (residual streams have outliers): {shown}. "
+            "Set storage_dtype: float32 for this model in params.yaml"
         )
     return stored
 
