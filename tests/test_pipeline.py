@@ -86,6 +86,10 @@ def test_committed_lock_matches_the_committed_code_params_and_results(tmp_path):
     assert json.loads(run("dvc", "status", "--json", "train-demo", cwd=root)) == {}, (
         "the trained demo VLM travels with the repository: a fresh clone does not retrain it"
     )
+    with (root / "data/overrides.csv").open("a") as reviewed:
+        reviewed.write("question_comb_1,1\n")
+    assert set(stale_stages(root)) == {f"label@{model}" for model in MODELS}, "a reviewed label reaches DVC"
+    subprocess.run(["git", "checkout", "data/overrides.csv"], cwd=root, check=True)
     versions = root / "src/halp/versions.py"
     versions.write_text(versions.read_text().replace("EXTRACTION = 1", "EXTRACTION = 2"))
     assert set(stale_stages(root)) == {f"extract@{model}" for model in MODELS}

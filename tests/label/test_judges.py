@@ -117,6 +117,9 @@ def test_overrides_apply_last_and_are_validated(tmp_path):
     path.write_text("id,label\nq1,1\n")
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['question_id'\]"):
         read_overrides(path)
+    path.write_text("question_id,label\nq1,1\nq2,0\nq1,0\n")
+    with pytest.raises(ValueError, match=r"1 question_id\(s\) appear more than once: line 2 \(q1\), line 4"):
+        read_overrides(path)
 
 
 def test_llm_judge_talks_to_an_openai_compatible_endpoint():

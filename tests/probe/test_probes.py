@@ -13,7 +13,7 @@ from halp.config import Params
 from halp.probe import metrics
 from halp.probe.classifiers import StandardisedLinear
 from halp.probe.metrics import bootstrap_auroc
-from halp.probe.run import probe_grid, probe_model
+from halp.probe.run import load_labelled, probe_grid, probe_model
 from halp.probe.splits import grouped_splits
 from halp.report.probes import write_report
 from halp.store.parts import PartBuffer, PartFolder, write_part
@@ -193,6 +193,27 @@ def test_degenerate_labels_give_a_message_not_a_crash(tmp_path):
     assert "| m | 240 | 2 hallucinated" in text
     assert "| new | | not probed: run `halp probe --model new` |" in text
     assert not (tmp_path / "reports" / "figures" / "m.png").exists()
+
+
+def test_a_hand_edited_labels_file_is_read_by_value_and_a_bad_one_refused_by_line(tmp_path):
+    labels = balanced_labels()
+    params = make_store(tmp_path, labels)
+    path = params.label.out_dir / "m.csv"
+    table = pd.read_csv(path, dtype=str)
+    table.loc[0, "hallucinated"] = "no"  # a person's edit: a word, read as the verdict it names
+    table.loc[1, "hallucinated"] = "1"
+    table.to_csv(path, index=False)
+    _, y, _ = load_labelled(params, "m")
+    assert y[0] == 0 and y[1] == 1 and (y[2:] == labels[2:]).all()
+    for cell, message in (("unsure", r"line 4 \('unsure'\)"), ("", r"an empty cell.*line 4 \(''\)")):
+        table.loc[2, "hallucinated"] = cell
+        table.to_csv(path, index=False)
+        with pytest.raises(ValueError, match=message):
+            load_labelled(params, "m")
+    table.loc[2, "hallucinated"] = "False"
+    pd.concat([table, table.head(3)]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"3 sample_id\(s\) appear more than once: line 2 \(q0\)"):
+        load_labelled(params, "m")
 
 
 def test_grouped_splits_never_share_an_image_and_test_every_sample_once():

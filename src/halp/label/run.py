@@ -27,20 +27,34 @@ def make_judge(settings: LabelSettings) -> Judge:
     return RulesJudge()
 
 
-def read_overrides(path: Path) -> pd.Series:
-    """question_id -> hallucinated (bool) from a reviewed CSV with columns question_id, label."""
+def read_verdicts(path: Path, id_column: str, verdict_column: str) -> pd.Series:
+    """id -> hallucinated (bool) from a CSV a person may have edited: every cell one of 1/0, true/false,
+    yes/no, hallucinated/correct, every id once; the bad rows are named by line."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = {"question_id", "label"} - set(table.columns)
+    missing = {id_column, verdict_column} - set(table.columns)
     if missing:
-        raise ValueError(
-            f"overrides CSV {path} lacks column(s) {sorted(missing)}; it needs question_id, label"
-        )
-    words = table.label.str.strip().str.lower()
+        raise ValueError(f"{path} lacks column(s) {sorted(missing)}; it needs {id_column}, {verdict_column}")
+    words = table[verdict_column].str.strip().str.lower()
     bad = table[~words.isin(TRUE_WORDS | FALSE_WORDS)]
     if len(bad):
-        rows = ", ".join(f"line {i + 2} ({v!r})" for i, v in bad.label.head(10).items())
-        raise ValueError(f"overrides CSV {path}: labels must be 1/0, true/false or yes/no; bad: {rows}")
-    return pd.Series(words.isin(TRUE_WORDS).to_numpy(), index=table.question_id)
+        rows = ", ".join(f"line {i + 2} ({v!r})" for i, v in bad[verdict_column].head(10).items())
+        raise ValueError(
+            f"{path}: {len(bad)} {verdict_column} cell(s) are not 1/0, true/false or yes/no (an empty cell "
+            f"is none of them): {rows}"
+        )
+    repeated = table[table[id_column].duplicated(keep=False)]
+    if len(repeated):
+        rows = ", ".join(f"line {i + 2} ({v})" for i, v in repeated[id_column].head(10).items())
+        raise ValueError(
+            f"{path}: {repeated[id_column].nunique()} {id_column}(s) appear more than once: {rows}; "
+            "keep one row each"
+        )
+    return pd.Series(words.isin(TRUE_WORDS).to_numpy(), index=table[id_column].to_numpy())
+
+
+def read_overrides(path: Path) -> pd.Series:
+    """question_id -> hallucinated (bool) from a reviewed CSV with columns question_id, label."""
+    return read_verdicts(path, "question_id", "label")
 
 
 def label_answers(

@@ -14,6 +14,7 @@ import torch
 from joblib import Parallel, delayed
 
 from halp.config import Params, ProbeSettings
+from halp.label.run import read_verdicts
 from halp.probe.classifiers import fit_probes
 from halp.probe.headline import headline
 from halp.probe.metrics import aggregate, auroc, bootstrap_auroc, evaluate
@@ -76,13 +77,13 @@ def load_labelled(params: Params, model_name: str) -> tuple[Embeddings, np.ndarr
     labels_path = params.label.out_dir / f"{model_name}.csv"
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path} not found: run `halp label --model {model_name}` first")
-    labels = pd.read_csv(labels_path, dtype={"sample_id": str}).set_index("sample_id")
+    labels = read_verdicts(labels_path, "sample_id", "hallucinated")
     missing = set(emb.meta.sample_id) - set(labels.index)
     if missing:
         raise ValueError(
             f"{len(missing)} extracted samples have no label in {labels_path}; rerun `halp label`"
         )
-    y = labels.loc[emb.meta.sample_id, "hallucinated"].astype(bool).to_numpy().astype(np.int64)
+    y = labels.loc[emb.meta.sample_id].to_numpy().astype(np.int64)
     return emb, y, emb.meta.image_id.to_numpy()
 
 
