@@ -79,7 +79,7 @@ def _fingerprint(params: Params, args: argparse.Namespace) -> None:
 def _label(params: Params, args: argparse.Namespace) -> None:
     from halp.label.run import label_model
 
-    label_model(params, args.model)
+    label_model(params, args.model, args.allow_incomplete)
 
 
 def _prepare_corpus(params: Params, args: argparse.Namespace) -> None:
@@ -109,7 +109,7 @@ def _vision_tokens(params: Params, args: argparse.Namespace) -> None:
 def _probe(params: Params, args: argparse.Namespace) -> None:
     from halp.probe.run import probe_model
 
-    log.info("probes -> %s", probe_model(params, args.model, args.control))
+    log.info("probes -> %s", probe_model(params, args.model, args.control, args.allow_incomplete))
 
 
 def _report(params: Params, args: argparse.Namespace) -> None:
@@ -120,12 +120,11 @@ def _report(params: Params, args: argparse.Namespace) -> None:
 
 def _summarize(params: Params, args: argparse.Namespace) -> None:
     from halp.report.summary import write_summary
-    from halp.store import open_embeddings
+    from halp.store import open_finished
 
     params.model(args.model)
-    out = write_summary(
-        open_embeddings(params.extract.out_dir / args.model), params.summary.out_dir / f"{args.model}.json"
-    )
+    emb = open_finished(params.extract.out_dir / args.model, args.allow_incomplete)
+    out = write_summary(emb, params.summary.out_dir / f"{args.model}.json")
     log.info("summary -> %s", out)
 
 
@@ -170,15 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     command("train-demo", _train_demo, "train the demo VLM on the demo world (params: organism)")
     command("report", _report, "probe table and AUROC-by-layer plots for every model (params: report)")
     command("sample", _sample, "validate the dataset CSV and draw the sample (params: data)")
+    readers = {}  # the stages that build on a finished extraction
     for name, handler, text in (
         ("fingerprint", _fingerprint, "write what identifies one model's weights (a DVC dependency)"),
         ("extract", _extract, "extract representations and answers for one model"),
         ("summarize", _summarize, "write metrics/summary/<model>.json"),
         ("label", _label, "judge every extracted answer: hallucinated or not (params: label)"),
     ):
-        command(name, handler, text).add_argument(
-            "--model", required=True, help="a key of params.yaml's models"
-        )
+        readers[name] = command(name, handler, text)
+        readers[name].add_argument("--model", required=True, help="a key of params.yaml's models")
     command("prepare-corpus", _prepare_corpus, "write the demo's text corpus for the bank (params: corpus)")
     bank = command(
         "contextual-bank",
@@ -199,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--control", choices=["shuffled"], help="shuffled: permute training labels (sanity check)"
     )
+    for sub in (readers["summarize"], readers["label"], probe):
+        sub.add_argument(
+            "--allow-incomplete",
+            action="store_true",
+            help="read an extraction that has not finished (no manifest), with a warning",
+        )
     export = command("export", _export, "export embeddings in another layout")
     export.add_argument("--model", required=True)
     export.add_argument("--layout", choices=["per-question"], default="per-question")

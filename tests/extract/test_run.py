@@ -43,6 +43,10 @@ def test_killed_run_resumes_to_identical_arrays(workspace):
     kill_after_first_part(model, folder, workspace)
     parts_after_kill = sorted(p.name for p in folder.glob("part-*.h5"))
     assert 1 <= len(parts_after_kill) < 6, "the kill must land mid-run for this test to mean anything"
+    refused = halp("summarize", "--model", model, cwd=workspace, check=False)
+    assert refused.returncode == 2 and "its extraction has not finished" in refused.stderr
+    allowed = halp("summarize", "--model", model, "--allow-incomplete", cwd=workspace)
+    assert "reading it anyway" in allowed.stderr
 
     result = halp("extract", "--model", model, cwd=workspace)
     assert "already done" in result.stderr

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from halp.config import Params
+from halp.label.run import label_model
 from halp.probe import metrics
 from halp.probe.classifiers import StandardisedLinear
 from halp.probe.metrics import bootstrap_auroc
@@ -65,7 +66,9 @@ def make_store(
         )
     folder = root / "embeddings" / "m"
     folder.mkdir(parents=True)
-    write_part(PartFolder(folder, "h").next_part(), buffer, {"config_hash": "h", "layers": LAYERS}, "float32")
+    parts = PartFolder(folder, "h")
+    write_part(parts.next_part(), buffer, {"config_hash": "h", "layers": LAYERS}, "float32")
+    parts.write_manifest("m", [m["sample_id"] for m in buffer.meta])  # the extraction finished
     (root / "labels").mkdir()
     pd.DataFrame(
         {"sample_id": [f"q{i}" for i in range(len(labels))], "hallucinated": labels.astype(bool)}
@@ -214,6 +217,18 @@ def test_a_hand_edited_labels_file_is_read_by_value_and_a_bad_one_refused_by_lin
     pd.concat([table, table.head(3)]).to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"3 sample_id\(s\) appear more than once: line 2 \(q0\)"):
         load_labelled(params, "m")
+
+
+def test_an_unfinished_extraction_is_refused_unless_asked_and_then_read_with_a_warning(tmp_path, caplog):
+    params = make_store(tmp_path, balanced_labels())
+    (params.extract.out_dir / "m" / "manifest.json").unlink()  # a run still going, or killed
+    with pytest.raises(ValueError, match=r"no manifest.json: its extraction has not finished.*240 samples"):
+        probe_model(params, "m")
+    with pytest.raises(ValueError, match=r"halp extract --model m.*--allow-incomplete"):
+        label_model(params, "m")
+    assert not params.probe.out_dir.exists(), "nothing was written"
+    _, y, _ = load_labelled(params, "m", allow_incomplete=True)
+    assert len(y) == N and "reading it anyway" in caplog.text
 
 
 def test_grouped_splits_never_share_an_image_and_test_every_sample_once():

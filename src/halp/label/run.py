@@ -11,7 +11,7 @@ import pandas as pd
 
 from halp.config import LabelSettings, Params
 from halp.label.judges import Judge, LLMJudge, RatioJudge, RulesJudge
-from halp.store import open_embeddings
+from halp.store import open_finished
 
 log = logging.getLogger(__name__)
 TRUE_WORDS = {"1", "true", "yes", "hallucinated"}
@@ -93,10 +93,10 @@ def rates(labels: pd.DataFrame) -> dict:
     }
 
 
-def label_model(params: Params, model_name: str) -> Path:
+def label_model(params: Params, model_name: str, allow_incomplete: bool = False) -> Path:
     params.model(model_name)
     settings = params.label
-    meta = open_embeddings(params.extract.out_dir / model_name).meta
+    meta = open_finished(params.extract.out_dir / model_name, allow_incomplete).meta
     overrides = read_overrides(settings.overrides) if settings.overrides else None
     labels = label_answers(meta, make_judge(settings), settings.judge, overrides)
     out = settings.out_dir / f"{model_name}.csv"

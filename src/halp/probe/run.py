@@ -19,7 +19,7 @@ from halp.probe.classifiers import fit_probes
 from halp.probe.headline import headline
 from halp.probe.metrics import aggregate, auroc, bootstrap_auroc, evaluate
 from halp.probe.splits import DegenerateLabels, Split, check_labels, grouped_splits
-from halp.store import Embeddings, open_embeddings
+from halp.store import Embeddings, open_finished
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,10 @@ def read_breakdown(path: Path | None, sample_ids: pd.Series) -> np.ndarray | Non
     return sample_ids.map(groups).fillna("unlisted").to_numpy()
 
 
-def load_labelled(params: Params, model_name: str) -> tuple[Embeddings, np.ndarray, np.ndarray]:
-    emb = open_embeddings(params.extract.out_dir / model_name)
+def load_labelled(
+    params: Params, model_name: str, allow_incomplete: bool = False
+) -> tuple[Embeddings, np.ndarray, np.ndarray]:
+    emb = open_finished(params.extract.out_dir / model_name, allow_incomplete)
     labels_path = params.label.out_dir / f"{model_name}.csv"
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path} not found: run `halp label --model {model_name}` first")
@@ -178,10 +180,12 @@ def _over_splits(
     return metrics
 
 
-def probe_model(params: Params, model_name: str, control: str | None = None) -> Path:
+def probe_model(
+    params: Params, model_name: str, control: str | None = None, allow_incomplete: bool = False
+) -> Path:
     params.model(model_name)
     settings = params.probe
-    emb, y, groups = load_labelled(params, model_name)
+    emb, y, groups = load_labelled(params, model_name, allow_incomplete)
     report: dict = {
         "model": model_name,
         "control": control or "none",

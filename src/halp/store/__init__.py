@@ -13,6 +13,7 @@ from halp.store.reader import (
     VisionTokens,
     open_bank,
     open_embeddings,
+    open_finished,
     open_lens,
     open_vision_tokens,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "VisionTokens",
     "open_bank",
     "open_embeddings",
+    "open_finished",
     "open_lens",
     "open_vision_tokens",
 ]

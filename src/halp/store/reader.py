@@ -4,6 +4,7 @@ any (representation, layer) as [N, H]; vision tokens: per-image statistics and, 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +27,8 @@ from halp.store.parts import (
     read_text,
     replaced_parts,
 )
+
+log = logging.getLogger(__name__)
 
 
 class Parts:
@@ -257,6 +260,23 @@ class Bank(Parts):
 
 def open_embeddings(folder: Path | str) -> Embeddings:
     return Embeddings(folder)
+
+
+def open_finished(folder: Path | str, allow_incomplete: bool = False) -> Embeddings:
+    """A folder whose extraction has finished, for the stages that build on it: without a manifest, a run
+    is still going or was killed, and labels or probes of the samples it holds so far would pass as the
+    whole. `allow_incomplete` reads them anyway, with a warning."""
+    emb = Embeddings(folder)
+    if emb.manifest is None:
+        message = (
+            f"{emb.folder} has no {MANIFEST}: its extraction has not finished (a run is still going, or "
+            f"was killed) and it holds {len(emb.meta)} samples so far. Run "
+            f"`{emb.command.replace('NAME', emb.folder.name)}` to finish it"
+        )
+        if not allow_incomplete:
+            raise ValueError(f"{message}, or pass --allow-incomplete to read what it holds")
+        log.warning("%s; reading it anyway (--allow-incomplete)", message)
+    return emb
 
 
 def open_vision_tokens(folder: Path | str) -> VisionTokens:
