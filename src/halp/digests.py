@@ -16,11 +16,12 @@ log = logging.getLogger(__name__)
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, "" if it does not exist (a missing input is a state too)."""
+    """sha256 of a file's bytes, "" if it cannot be read: missing, a folder, a link loop, no permission (an
+    unreadable input is a state too; whoever reads it says what is wrong)."""
     try:
         with open(path, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
-    except FileNotFoundError:
+    except OSError:
         return ""
 
 

@@ -108,6 +108,25 @@ def test_faulty_images_become_error_rows_and_the_run_goes_on(workspace):
     assert sorted(emb.meta.sample_id) == sorted(samples.question_id) and emb.errors.empty
 
 
+def test_an_image_path_that_is_a_folder_or_a_link_loop_is_a_data_error_and_the_run_goes_on(workspace):
+    """(Unreadable for lack of permission takes the same path, but root, as tests run here, reads all.)"""
+    model = "qwen2_vl"
+    samples = pd.read_csv(workspace / "sampled/samples.csv", dtype=str, keep_default_na=False).head(4)
+    folder, loop = workspace / "demo/images/folder.png", workspace / "demo/images/loop.png"
+    folder.mkdir()
+    loop.symlink_to(loop)
+    samples.loc[1, "image_path"], samples.loc[2, "image_path"] = str(folder), str(loop)
+    samples.to_csv(workspace / "sampled/samples.csv", index=False)
+
+    halp("extract", "--model", model, cwd=workspace)
+    emb = open_embeddings(workspace / "embeddings" / model)
+    assert list(emb.meta.sample_id) == [samples.question_id[i] for i in (0, 3)]
+    errors = emb.errors.set_index("sample_id")
+    assert (errors.kind == "data").all() and set(errors.index) == set(samples.question_id[1:3])
+    assert "folder.png cannot be decoded" in errors.loc[samples.question_id[1], "message"]
+    assert "loop.png cannot be decoded" in errors.loc[samples.question_id[2], "message"]
+
+
 def test_runtime_failures_are_retried_on_the_next_run(workspace):
     """A failure inside the model (here Qwen's processor refusing a 4000x8 image; out of memory alike)
     may be transient, so it is recorded as "runtime" and tried again by the next run."""
