@@ -231,6 +231,15 @@ def test_an_unfinished_extraction_is_refused_unless_asked_and_then_read_with_a_w
     assert len(y) == N and "reading it anyway" in caplog.text
 
 
+def test_a_truncated_probe_file_is_named_with_the_command_that_rewrites_it(planted, tmp_path):
+    _, params, _ = planted
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    (probes / "m.json").write_text((params.probe.out_dir / "m.json").read_text()[:100])
+    with pytest.raises(ValueError, match=r"m.json is not valid JSON .*`halp probe --model m` again"):
+        write_report(["m"], probes, tmp_path / "report")
+
+
 def test_grouped_splits_never_share_an_image_and_test_every_sample_once():
     labels = balanced_labels()
     groups = np.arange(N) // PER_IMAGE

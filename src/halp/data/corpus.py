@@ -57,7 +57,15 @@ def read_corpus(path: Path) -> list[str]:
             f"corpus {path} not found: point lens.corpus at a text file, one sentence a line, or run "
             "`halp prepare-corpus` for the demo's"
         )
-    sentences = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"corpus {path} is not UTF-8 text (line {line}, byte {err.start}: {err.reason}); lens.corpus "
+            "needs a text file, one sentence a line"
+        ) from None
+    sentences = [line.strip() for line in text.splitlines()]
     sentences = [s for s in sentences if s]
     if not sentences:
         raise ValueError(f"corpus {path} holds no sentence: write one sentence a line")

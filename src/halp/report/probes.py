@@ -116,6 +116,17 @@ def plot_layers(model: str, rows: pd.DataFrame, out: Path) -> pd.DataFrame:
     return wide
 
 
+def read_probe_results(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        model = path.stem
+        raise ValueError(
+            f"{path} is not valid JSON ({err}): it was cut short or edited; run `halp probe --model {model}` "
+            "again to rewrite it"
+        ) from None
+
+
 def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
     figures, data = out_dir / "figures", out_dir / "plots"
     figures.mkdir(parents=True, exist_ok=True)
@@ -137,7 +148,7 @@ def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
             )
             lines.append(f"| {model} | | not probed: run `halp probe --model {model}` | | | | |")
             continue
-        report = json.loads((probes_dir / f"{model}.json").read_text())
+        report = read_probe_results(probes_dir / f"{model}.json")
         rows = pd.read_csv(probes_dir / f"{model}.csv") if report["status"] == "ok" else pd.DataFrame()
         lines.append(table_row(model, report, rows))
         if report["status"] == "ok":
