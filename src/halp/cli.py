@@ -12,6 +12,7 @@ from pathlib import Path
 from halp.config import DEFAULT_PARAMS, ConfigError, Params, load_params
 from halp.data.schema import DatasetError
 from halp.numerics import use_portable_numerics
+from halp.store.lock import FolderBusy
 from halp.store.parts import PartWriteError
 
 log = logging.getLogger("halp")
@@ -55,7 +56,8 @@ LAUNCHERS = {
 
 
 def _extract(params: Params, args: argparse.Namespace) -> None:
-    from halp.extract.run import extract
+    from halp.extract.run import ExtractionRun, extract
+    from halp.store.lock import HELD, writing
 
     settings = params.extract
     if settings.launcher != "none" and settings.processes > 1 and "WORLD_SIZE" not in os.environ:
@@ -63,9 +65,12 @@ def _extract(params: Params, args: argparse.Namespace) -> None:
         launcher = [part.format(n=settings.processes) for part in LAUNCHERS[settings.launcher]]
         command = [sys.executable, "-m", *launcher, "-m", "halp", "--params", str(args.params)]
         log.info("launching %d workers: %s", settings.processes, " ".join(command))
-        subprocess.run([*command, "extract", "--model", args.model], check=True)
+        folder = ExtractionRun.folder_for(params, args.model)
+        with writing(folder, args.wait):  # held here for the workers, which are told so
+            env = os.environ | {HELD: str(folder.resolve())}
+            subprocess.run([*command, "extract", "--model", args.model], check=True, env=env)
         return
-    extract(params, args.model)
+    extract(params, args.model, args.wait)
 
 
 def _fingerprint(params: Params, args: argparse.Namespace) -> None:
@@ -91,19 +96,19 @@ def _prepare_corpus(params: Params, args: argparse.Namespace) -> None:
 def _contextual_bank(params: Params, args: argparse.Namespace) -> None:
     from halp.lens.bank import build_bank
 
-    log.info("bank -> %s", build_bank(params, args.model))
+    log.info("bank -> %s", build_bank(params, args.model, args.wait))
 
 
 def _lens(params: Params, args: argparse.Namespace) -> None:
     from halp.lens.lens_run import lens
 
-    log.info("lens -> %s", lens(params, args.model))
+    log.info("lens -> %s", lens(params, args.model, args.wait))
 
 
 def _vision_tokens(params: Params, args: argparse.Namespace) -> None:
     from halp.lens.run import vision_tokens
 
-    log.info("vision tokens -> %s", vision_tokens(params, args.model))
+    log.info("vision tokens -> %s", vision_tokens(params, args.model, args.wait))
 
 
 def _probe(params: Params, args: argparse.Namespace) -> None:
@@ -198,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--control", choices=["shuffled"], help="shuffled: permute training labels (sanity check)"
     )
+    for sub in (readers["extract"], bank, lens, tokens):
+        sub.add_argument(
+            "--wait", action="store_true", help="if another run writes the same folder, start after it"
+        )
     for sub in (readers["summarize"], readers["label"], probe):
         sub.add_argument(
             "--allow-incomplete",
@@ -244,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         OverflowError,
         PartWriteError,
         ConnectionError,
+        FolderBusy,
     ) as err:
         if args.verbose:
             raise

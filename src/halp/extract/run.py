@@ -28,6 +28,7 @@ from halp.extract.layers import resolve_layers
 from halp.extract.prefetch import prefetched
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import load_model
+from halp.store.lock import writing
 from halp.store.parts import (
     ARRAYS,
     EMBEDDINGS,
@@ -96,7 +97,7 @@ class ExtractionRun:
         self.settings = params.model(model_name)
         self.top_k = params.extract.top_k
         self.write_retry_seconds = params.extract.write_retry_seconds
-        self.folder = self._folder(params)
+        self.folder = self.folder_for(params, model_name)
         self.prefetch = params.extract.prefetch
         self.loaded = load_model(self.settings, rank.local)
         self.extractor = Extractor(
@@ -112,8 +113,9 @@ class ExtractionRun:
         self.buffer = PartBuffer(self.schema)
         self.vision_dim = 0
 
-    def _folder(self, params: Params) -> Path:
-        return params.extract.out_dir / self.name
+    @classmethod
+    def folder_for(cls, params: Params, model_name: str) -> Path:
+        return params.extract.out_dir / model_name
 
     def _layer_spec(self, params: Params) -> list[int | float] | str:
         return self.settings.layers
@@ -286,10 +288,11 @@ def read_samples(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def extract(params: Params, model_name: str) -> Path:
+def extract(params: Params, model_name: str, wait: bool = False) -> Path:
     params.model(model_name)  # unknown names fail before any model is loaded
     samples = read_samples(params.data.out).head(params.model(model_name).max_samples)
-    with process_group(Rank.from_env()) as rank:
+    folder, rank = ExtractionRun.folder_for(params, model_name), Rank.from_env()
+    with writing(folder, wait, rank.is_main), process_group(rank) as rank:
         if rank.is_main:
             warn_if_unlocked()
         run = ExtractionRun(params, model_name, rank)

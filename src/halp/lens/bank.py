@@ -32,6 +32,7 @@ from halp.extract.capture import at_positions, capture_first_call
 from halp.extract.layers import resolve_layers
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import LoadedModel, load_model
+from halp.store.lock import writing
 from halp.store.parts import BANK, SCHEMA_VERSION, PartBuffer, PartFolder, config_hash, write_part
 
 log = logging.getLogger(__name__)
@@ -198,5 +199,6 @@ class BankBuilder:
             log.info("wrote %s (%d rows)", path.name, len(buffer))
 
 
-def build_bank(params: Params, model_name: str) -> Path:
-    return BankBuilder(params, model_name).run()
+def build_bank(params: Params, model_name: str, wait: bool = False) -> Path:
+    with writing(params.lens.bank_dir / model_name, wait):
+        return BankBuilder(params, model_name).run()

@@ -33,8 +33,9 @@ class LensRun(VisionTokenRun):
         super().__init__(params, model_name, rank)
         self.lenses = Lenses(self.loaded, self.bank, params.lens.top_k, cache_gb=params.lens.bank_cache_gb)
 
-    def _folder(self, params: Params) -> Path:
-        return params.lens.lens_dir / self.name
+    @classmethod
+    def folder_for(cls, params: Params, model_name: str) -> Path:
+        return params.lens.lens_dir / model_name
 
     def _identity(self) -> dict:
         identity = super()._identity() | {
@@ -69,9 +70,9 @@ class LensRun(VisionTokenRun):
             yield image_meta(row, n, grid), arrays
 
 
-def lens(params: Params, model_name: str) -> Path:
+def lens(params: Params, model_name: str, wait: bool = False) -> Path:
     """Read every image token with the three lenses; then the metrics and the page."""
-    if run := run_over_images(params, model_name, LensRun):
+    if run := run_over_images(params, model_name, LensRun, wait):
         readings = open_lens(run.folder)
         if readings.meta.empty:
             raise ValueError(

@@ -24,6 +24,7 @@ from halp.extract.distributed import Rank, process_group
 from halp.extract.run import ExtractionRun, read_samples
 from halp.lens.statistics import STATISTICS, image_statistics
 from halp.models.loading import read_config
+from halp.store.lock import writing
 from halp.store.parts import SCHEMA_VERSION, VISION_TOKENS, Schema
 from halp.store.reader import VisionTokens
 
@@ -40,8 +41,9 @@ class VisionTokenRun(ExtractionRun):
         super().__init__(params, model_name, rank)
         self.logged_size = False
 
-    def _folder(self, params: Params) -> Path:
-        return params.lens.out_dir / self.name
+    @classmethod
+    def folder_for(cls, params: Params, model_name: str) -> Path:
+        return params.lens.out_dir / model_name
 
     def _layer_spec(self, params: Params) -> list[int | float] | str:
         return params.lens.layers
@@ -124,7 +126,7 @@ def images_of(samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_over_images(
-    params: Params, model_name: str, run_class: type[VisionTokenRun]
+    params: Params, model_name: str, run_class: type[VisionTokenRun], wait: bool = False
 ) -> VisionTokenRun | None:
     """`run_class` over the sample's images, for a model whose decoder sees image tokens (checked before any
     weights load); the finished run on the main process, None on the others."""
@@ -136,15 +138,16 @@ def run_over_images(
             f"there are no vision tokens to read. Leave it out of lens.models in {params._source}."
         )
     images = images_of(read_samples(params.data.out).head(settings.max_samples))
-    with process_group(Rank.from_env()) as rank:
+    folder, rank = run_class.folder_for(params, model_name), Rank.from_env()
+    with writing(folder, wait, rank.is_main), process_group(rank) as rank:
         run = run_class(params, model_name, rank)
         run.run(images)
     return run if rank.is_main else None
 
 
-def vision_tokens(params: Params, model_name: str) -> Path:
+def vision_tokens(params: Params, model_name: str, wait: bool = False) -> Path:
     """Extract, then write the per-layer aggregates as DVC metrics and the norm by layer as a plot."""
-    if run := run_over_images(params, model_name, VisionTokenRun):
+    if run := run_over_images(params, model_name, VisionTokenRun, wait):
         write_metrics(VisionTokens(run.folder), params.lens, model_name)
     return params.lens.out_dir / model_name
 
