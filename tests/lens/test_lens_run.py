@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import torch
@@ -51,3 +52,28 @@ def test_readings_metrics_and_page_for_every_image(workspace):
 
     again = halp("lens", "--model", MODEL, cwd=workspace)
     assert "already done" in again.stderr
+
+
+def test_the_lens_refuses_a_half_built_or_foreign_bank_and_a_completed_bank_makes_it_stale(workspace):
+    set_params(
+        workspace, {"corpus": {"out": "corpus.txt", "sentences": 40}, "lens": {"corpus": "corpus.txt"}}
+    )
+    halp("prepare-corpus", cwd=workspace)
+    for model in ("qwen2_vl", MODEL):
+        halp("contextual-bank", "--model", model, cwd=workspace)
+    banks = workspace / "data/banks"
+    halp("lens", "--model", MODEL, cwd=workspace)
+
+    manifest = (banks / MODEL / "manifest.json").read_text()
+    (banks / MODEL / "manifest.json").unlink()  # as a killed `halp contextual-bank` leaves it
+    refused = halp("lens", "--model", MODEL, cwd=workspace, check=False)
+    assert refused.returncode == 2 and "is not complete" in refused.stderr, refused.stderr
+    assert f"halp contextual-bank --model {MODEL}" in refused.stderr
+    finished = halp("contextual-bank", "--model", MODEL, cwd=workspace)  # the next build finishes it
+    assert "already done" in finished.stderr and (banks / MODEL / "manifest.json").read_text() == manifest
+    assert "already done" in halp("lens", "--model", MODEL, cwd=workspace).stderr, "the same bank again"
+
+    shutil.rmtree(banks / MODEL)
+    shutil.copytree(banks / "qwen2_vl", banks / MODEL)  # another model's bank in its place
+    refused = halp("lens", "--model", MODEL, cwd=workspace, check=False)
+    assert refused.returncode == 2 and "was built for qwen2_vl" in refused.stderr, refused.stderr

@@ -84,10 +84,11 @@ class BankBuilder:
         self.chosen["sample_id"] = self.chosen.sentence.astype(str) + ":" + self.chosen.position.astype(str)
         self.corpus_sha256 = file_digest(str(self.lens.corpus))
         self.folder = self.lens.bank_dir / model_name
+        self.weights = model_fingerprint(self.settings.model, self.settings.revision)
         identity = {
             "schema_version": SCHEMA_VERSION,
             "code_version": versions.BANK,
-            "weights": model_fingerprint(self.settings.model, self.settings.revision),
+            "weights": self.weights,
             "dtype": self.settings.dtype,
             "layers": self.layers,
             "corpus_sha256": self.corpus_sha256,
@@ -103,6 +104,7 @@ class BankBuilder:
             "schema_version": SCHEMA_VERSION,
             "model_name": self.name,
             "model_id": self.settings.model,
+            "weights": self.weights,  # what the lens checks its model against
             "layers": self.layers,
             "hidden_size": self.loaded.hidden_size,
             "corpus": str(self.lens.corpus),

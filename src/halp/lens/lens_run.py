@@ -18,7 +18,8 @@ from halp.extract.run import read_samples
 from halp.lens.lenses import Lenses, Readings
 from halp.lens.report import write_lens_outputs
 from halp.lens.run import VisionTokenRun, image_meta, run_over_images
-from halp.store.parts import LENS, LENS_ARRAYS, Schema
+from halp.models.fingerprint import model_fingerprint
+from halp.store.parts import LENS, LENS_ARRAYS, MANIFEST, Schema, config_hash
 from halp.store.reader import Bank, open_bank, open_lens
 
 LensBatch = tuple[list[np.ndarray], list[tuple[int, int, int]], Readings]
@@ -29,8 +30,13 @@ class LensRun(VisionTokenRun):
     progress = ("lens", "image")
 
     def __init__(self, params: Params, model_name: str, rank: Rank):
-        self.bank: Bank = open_bank(params.lens.bank_dir / model_name)
+        self.bank: Bank = own_bank(params, model_name)
         super().__init__(params, model_name, rank)
+        if (width := self.bank.attrs["hidden_size"]) != self.loaded.hidden_size:
+            raise ValueError(
+                f"the bank in {self.bank.folder} holds vectors {width} wide, but {model_name}'s hidden "
+                f"states are {self.loaded.hidden_size} wide: run `halp contextual-bank --model {model_name}`"
+            )
         self.lenses = Lenses(self.loaded, self.bank, params.lens.top_k, cache_gb=params.lens.bank_cache_gb)
 
     @classmethod
@@ -42,6 +48,7 @@ class LensRun(VisionTokenRun):
             "kind": "lens",
             "code_version": versions.LENS,
             "bank": self.bank.attrs["config_hash"],
+            "bank_rows": config_hash({"order": self.bank.manifest["order"]}),  # which rows it searched
         }
         identity["top_k"] = self.lens.top_k
         del identity["save_tensors"]
@@ -68,6 +75,30 @@ class LensRun(VisionTokenRun):
             arrays = {name: getattr(readings, name)[start : start + n].numpy() for name in LENS_ARRAYS}
             start += n
             yield image_meta(row, n, grid), arrays
+
+
+def own_bank(params: Params, model_name: str) -> Bank:
+    """The model's own finished bank, or an error saying what is wrong with it and what to run: a lens
+    searched against part of a bank, or another model's, would stay wrong without a word."""
+    folder, settings = params.lens.bank_dir / model_name, params.model(model_name)
+    rebuild = f"run `halp contextual-bank --model {model_name}`"
+    bank = open_bank(folder)
+    if bank.manifest is None:
+        raise ValueError(
+            f"the bank in {folder} is not complete (no {MANIFEST}: its build was killed or is still "
+            f"running), and readings searched against part of it would stay wrong: {rebuild} to finish it"
+        )
+    if (built_for := bank.attrs.get("model_name")) != model_name:
+        raise ValueError(
+            f"the bank in {folder} was built for {built_for} ({bank.attrs.get('model_id')}), not for "
+            f"{model_name}: {rebuild}"
+        )
+    weights = bank.attrs.get("weights")  # banks written before halp recorded it have none
+    if weights and weights != model_fingerprint(settings.model, settings.revision):
+        raise ValueError(
+            f"the bank in {folder} was built from other weights than {settings.model}'s: {rebuild}"
+        )
+    return bank
 
 
 def lens(params: Params, model_name: str, wait: bool = False) -> Path:
