@@ -237,6 +237,11 @@ class LensSettings(_Section):
         "all", description="blocks whose residual stream the bank keeps"
     )
     max_per_token: int = Field(20, ge=1, description="bank rows per token string at most (a seeded choice)")
+    max_tokens: int = Field(
+        512,
+        ge=2,
+        description="a corpus line's tokens at most: a longer one is cut, with a log line naming it",
+    )
     seed: int = 0
     bank_dtype: Literal["float16", "float32"] = "float16"
     bank_dir: Path = Path("data/banks")

@@ -81,3 +81,20 @@ def test_the_cap_holds_and_a_lost_part_comes_back_the_same(bank_workspace, monke
     again = build(bank_workspace)
     assert again.meta.equals(bank.meta)
     np.testing.assert_array_equal(again.vectors(3), before)
+
+
+def test_a_very_long_sentence_is_cut_to_max_tokens_with_a_log_line_and_changes_the_bank(
+    bank_workspace, monkeypatch, caplog
+):
+    monkeypatch.chdir(bank_workspace)
+    corpus = bank_workspace / "corpus.txt"
+    plain = build(bank_workspace, **{"lens.bank_dir": "plain", "lens.max_tokens": 64})
+    assert "cut to" not in caplog.text, "the demo sentences are short"
+    corpus.write_text(corpus.read_text() + "the red circle " * 20_000 + "\n")  # ~100k characters
+    long = build(bank_workspace, **{"lens.bank_dir": "long", "lens.max_tokens": 64})
+    assert (
+        "sentence 24 (blank lines not counted)" in caplog.text
+        and "cut to lens.max_tokens = 64" in caplog.text
+    )
+    assert long.meta[long.meta.sentence == 24].position.max() < 64
+    assert long.attrs["config_hash"] != plain.attrs["config_hash"]

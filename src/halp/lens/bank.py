@@ -76,7 +76,7 @@ class BankBuilder:
         self.loaded: LoadedModel = load_model(self.settings)
         self.layers = resolve_layers(self.lens.bank_layers, self.loaded.n_blocks, self.name)
         tokenizer = self.loaded.processor.tokenizer
-        self.token_ids = [tokenizer(s)["input_ids"] for s in self.corpus]  # as the LM alone would read it
+        self.token_ids = self._capped([tokenizer(s)["input_ids"] for s in self.corpus])  # as the LM reads it
         strings = [tokenizer.decode([t]) for t in range(len(tokenizer))]
         self.chosen = choose_occurrences(
             self.token_ids, strings, set(tokenizer.all_special_ids), self.lens.max_per_token, self.lens.seed
@@ -96,6 +96,8 @@ class BankBuilder:
             "seed": self.lens.seed,
             "storage_dtype": self.lens.bank_dtype,
         }
+        if self.cut:  # the cap changes the bank only where it cuts a line
+            identity["max_tokens"] = self.lens.max_tokens
         self.config_hash = config_hash(identity)
         self.parts = PartFolder(self.folder, self.config_hash, schema=BANK)
 
@@ -115,6 +117,20 @@ class BankBuilder:
             "config_hash": self.config_hash,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+
+    def _capped(self, token_ids: list[list[int]]) -> list[list[int]]:
+        """Each line's tokens up to `lens.max_tokens`: one 100k-character line would pad its whole batch
+        to ~31k tokens and ask for gigabytes."""
+        cap = self.lens.max_tokens
+        self.cut = [n for n, ids in enumerate(token_ids) if len(ids) > cap]
+        for n in self.cut[:10]:
+            log.warning(
+                "corpus %s, sentence %d (blank lines not counted): %d tokens, cut to lens.max_tokens = %d",
+                self.lens.corpus, n, len(token_ids[n]), cap,
+            )  # fmt: skip
+        if len(self.cut) > 10:
+            log.warning("... and %d more sentences cut to %d tokens", len(self.cut) - 10, cap)
+        return [ids[:cap] for ids in token_ids]
 
     @torch.inference_mode()
     def _states(self, sentences: list[int], wanted: pd.DataFrame) -> np.ndarray:
@@ -138,7 +154,9 @@ class BankBuilder:
         self.parts.clean()
         done = self.parts.extracted().keys()
         todo = self.chosen[~self.chosen.sample_id.isin(done)]
-        sentences = sorted(set(todo.sentence))
+        # By length, so that a batch pads its rows to about their own length (right padding and causal
+        # attention: a row's states do not depend on the others).
+        sentences = sorted(set(todo.sentence), key=lambda i: (len(self.token_ids[i]), i))
         log.info(
             "%s bank: %d rows from %d of %d sentences, %d already done, %d sentences to run",
             *(self.name, len(self.chosen), self.chosen.sentence.nunique(), len(self.corpus)),
