@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import shutil
 import signal
 from contextlib import contextmanager
 
@@ -243,3 +244,23 @@ def test_dropped_rows_leave_by_a_rewrite_that_survives_a_kill_midway(tmp_path):
     assert sorted(open_embeddings(tmp_path).meta.sample_id) == sorted(before), "the replaced part is ignored"
     PartFolder(tmp_path, "abc").clean()
     assert not (tmp_path / "part-00000.h5").exists()
+
+
+def test_a_copy_named_like_a_part_is_ignored_and_a_foreign_file_is_refused_never_deleted(tmp_path, caplog):
+    path = write(tmp_path, [0, 1])
+    shutil.copy(path, tmp_path / "part-00000 (copy).h5")
+    assert list(open_embeddings(tmp_path).meta.sample_id) == ["q0", "q1"]
+    assert "ignoring part-00000 (copy).h5: not a part's name" in caplog.text
+    with h5py.File(tmp_path / "part-00099.h5", "w") as f:  # someone else's HDF5 file
+        f["x"] = [1, 2, 3]
+    with pytest.raises(ValueError, match=r"part-00099.h5 was not written by halp .* move it out"):
+        PartFolder(tmp_path, "another config").clean()
+    assert (tmp_path / "part-00099.h5").exists() and path.exists(), "nothing was deleted"
+
+
+def test_a_truncated_part_names_the_file_and_what_to_do(tmp_path):
+    path = write(tmp_path, [0, 1])
+    path.write_bytes(path.read_bytes()[:1000])
+    for read in (lambda: open_embeddings(tmp_path).meta, lambda: PartFolder(tmp_path, "abc").extracted()):
+        with pytest.raises(ValueError, match=r"part-00000.h5 cannot be read .* Remove it and run the same"):
+            read()

@@ -7,9 +7,11 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,10 +85,41 @@ BANK = Schema(
     floats=("vectors",),
 )
 PART_GLOB = "part-*.h5"
+PART_NAME = re.compile(
+    r"part-\d{5}\.h5"
+)  # what halp names a part; a copy ("part-00003 (copy).h5") is not one
 MANIFEST = "manifest.json"
 ROWS_PER_CHUNK = 256
 
 _utf8 = h5py.vlen_dtype(np.uint8)
+
+
+def part_files(folder: Path) -> list[Path]:
+    """The folder's parts, by name; another file that looks like one is left alone, with a warning."""
+    found = sorted(folder.glob(PART_GLOB))
+    for other in (path for path in found if not PART_NAME.fullmatch(path.name)):
+        log.warning("ignoring %s: not a part's name (part-NNNNN.h5); move it out of %s", other.name, folder)
+    return [path for path in found if PART_NAME.fullmatch(path.name)]
+
+
+@contextmanager
+def open_part(path: Path) -> Iterator[h5py.File]:
+    """A part for reading, or an error that names the file and what to do: a damaged part can be removed
+    (its samples are computed again), a file halp did not write is never touched."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(
+            f"{path} cannot be read ({err}): it was cut short or damaged. Remove it and run the same "
+            "command again: its samples are computed again, the other parts are kept"
+        ) from None
+    with f:
+        if "config_hash" not in f.attrs:
+            raise ValueError(
+                f"{path} was not written by halp (it has no config_hash) and is left as it is: move it out "
+                f"of {path.parent}"
+            )
+        yield f
 
 
 def config_hash(identity: dict[str, Any]) -> str:
@@ -191,7 +224,7 @@ def _fill(f: h5py.File, buffer: PartBuffer, attrs: dict[str, Any], storage_dtype
 def read_part(path: Path, schema: Schema = EMBEDDINGS) -> tuple[dict[str, Any], PartBuffer]:
     """A part's attrs and rows, as written: enough to write it again without some rows."""
     buffer = PartBuffer(schema)
-    with h5py.File(path, "r") as f:
+    with open_part(path) as f:
         attrs = {key: value for key, value in f.attrs.items() if key != "n_samples"}
         columns = {c: read_text(f[f"meta/{c}"]) for c in schema.text} | {
             c: f[f"meta/{c}"][()].tolist() for c in schema.ints
@@ -273,7 +306,7 @@ def replaced_parts(parts: list[Path]) -> list[Path]:
     """Parts that a rewritten part replaces (still there when a run was killed mid-rewrite)."""
     names = set()
     for part in parts:
-        with h5py.File(part, "r") as f:
+        with open_part(part) as f:
             names.add(str(f.attrs.get("replaces", "")))
     return [part for part in parts if part.name in names]
 
@@ -295,7 +328,7 @@ class PartFolder:
         self._next: int | None = None
 
     def parts(self) -> list[Path]:
-        return sorted(self.folder.glob(PART_GLOB))
+        return part_files(self.folder)
 
     def clean(self) -> None:
         """Remove leftovers of killed runs, the old manifest and other configs' parts (one process only)."""
@@ -308,7 +341,7 @@ class PartFolder:
             log.info("removing %s: a rewritten copy without its stale rows replaces it", replaced.name)
             replaced.unlink()
         for part in self.parts():
-            with h5py.File(part, "r") as f:
+            with open_part(part) as f:
                 stale = f.attrs.get("config_hash") != self.config_hash
             if stale:
                 log.warning("removing %s: it was extracted with another configuration", part.name)
@@ -318,7 +351,7 @@ class PartFolder:
         """Sample id -> the sha256 of the image it was extracted from, for every extracted sample."""
         done: dict[str, str] = {}
         for part in self.parts():
-            with h5py.File(part, "r") as f:
+            with open_part(part) as f:
                 hashes = read_text(f["meta/image_sha256"]) if "meta/image_sha256" in f else None
                 ids = read_text(f["meta/sample_id"])
             done.update(zip(ids, hashes or [""] * len(ids), strict=True))
@@ -329,7 +362,7 @@ class PartFolder:
         the part it replaces, so a kill between writing it and removing the old one loses nothing: the
         reader ignores the old part and the next `clean` removes it."""
         for part in self.parts():
-            with h5py.File(part, "r") as f:
+            with open_part(part) as f:
                 if sample_ids.isdisjoint(read_text(f["meta/sample_id"])):
                     continue  # only the parts that hold them are read whole
             attrs, buffer = read_part(part, self.schema)
@@ -355,7 +388,7 @@ class PartFolder:
         """The latest recorded failure of each sample id (parts of later runs have higher numbers)."""
         latest: dict[str, dict[str, str]] = {}
         for part in self.parts():
-            with h5py.File(part, "r") as f:
+            with open_part(part) as f:
                 columns = {c: read_text(f[f"errors/{c}"]) for c in ERROR_COLUMNS if f"errors/{c}" in f}
             for row in zip(*columns.values(), strict=True):
                 failure = dict(zip(columns, row, strict=True))

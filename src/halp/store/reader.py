@@ -20,10 +20,11 @@ from halp.store.parts import (
     ERROR_COLUMNS,
     LENS,
     MANIFEST,
-    PART_GLOB,
     REPRESENTATIONS,
     VISION_TOKENS,
     Schema,
+    open_part,
+    part_files,
     read_text,
     replaced_parts,
 )
@@ -40,7 +41,7 @@ class Parts:
 
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
-        found = sorted(self.folder.glob(PART_GLOB))
+        found = part_files(self.folder)
         replaced = replaced_parts(found)  # a rewrite was interrupted before the old part was removed
         self.parts = [part for part in found if part not in replaced]
         if not self.parts:
@@ -49,7 +50,7 @@ class Parts:
             )
         hashes = set()
         for part in self.parts:
-            with h5py.File(part, "r") as f:
+            with open_part(part) as f:
                 hashes.add(f.attrs["config_hash"])
         if len(hashes) > 1:
             raise ValueError(
@@ -60,7 +61,7 @@ class Parts:
 
     @cached_property
     def attrs(self) -> dict[str, Any]:
-        with h5py.File(self.parts[0], "r") as f:
+        with open_part(self.parts[0]) as f:
             return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
 
     @property
@@ -72,7 +73,7 @@ class Parts:
         """Every stored row with its part and position there, in part order."""
         frames = []
         for i, part in enumerate(self.parts):
-            with h5py.File(part, "r") as f:
+            with open_part(part) as f:
                 columns = {c: read_text(f[f"meta/{c}"]) for c in self.schema.text if f"meta/{c}" in f}
                 columns |= {c: f[f"meta/{c}"][()] for c in self.schema.ints if f"meta/{c}" in f}
             frame = pd.DataFrame(columns)
@@ -103,7 +104,7 @@ class Parts:
         """Samples whose latest attempt failed (a later run may have retried and extracted them)."""
         frames = []
         for part in self.parts:
-            with h5py.File(part, "r") as f:
+            with open_part(part) as f:
                 frames.append(
                     pd.DataFrame(
                         {c: read_text(f[f"errors/{c}"]) for c in ERROR_COLUMNS if f"errors/{c}" in f}
@@ -121,7 +122,7 @@ class Parts:
             rows = self._rows[self._rows._part == i]
             if rows.empty:
                 continue
-            with h5py.File(part, "r") as f:
+            with open_part(part) as f:
                 if name not in f:
                     raise KeyError(f"no {name!r} in {part.name}; stored: {sorted(f)}")
                 blocks.append((rows.index.to_numpy(), read(f[name], rows._row.to_numpy())))
@@ -168,7 +169,7 @@ class ImageParts(Parts):
             mine = self._rows[self._rows._part == i]
             if mine.empty:
                 continue
-            with h5py.File(part, "r") as f:
+            with open_part(part) as f:
                 counts = f["meta/n_image_tokens"][()]
                 starts = np.concatenate([[0], np.cumsum(counts)])
                 values = f[name][()]
@@ -209,7 +210,7 @@ class VisionTokens(ImageParts):
         if not len(matches):
             raise KeyError(f"no image {image_id!r} in {self.folder}")
         row = self._rows.loc[matches[0]]
-        with h5py.File(self.parts[row._part], "r") as f:
+        with open_part(self.parts[row._part]) as f:
             counts = f["meta/n_image_tokens"][()]
             start = int(counts[: row._row].sum())
             return f["tokens"][start : start + int(counts[row._row])].transpose(1, 0, 2)
@@ -230,7 +231,7 @@ class Bank(Parts):
     @property
     def dtype(self) -> np.dtype:
         """The vectors' storage type (`lens.bank_dtype`)."""
-        with h5py.File(self.parts[0], "r") as f:
+        with open_part(self.parts[0]) as f:
             return f["vectors"].dtype
 
     def vectors(self, layer: int) -> np.ndarray:
@@ -248,7 +249,7 @@ class Bank(Parts):
         for i, part in enumerate(self.parts):
             mine = self._rows[self._rows._part == i]
             numbers, local = mine.index.to_numpy(), mine._row.to_numpy()
-            with h5py.File(part, "r") as f:
+            with open_part(part) as f:
                 dataset = f["vectors"]
                 for start in range(0, len(local), rows):
                     block = local[start : start + rows]
