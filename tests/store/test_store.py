@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import resource
 import shutil
 import signal
 from contextlib import contextmanager
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -264,3 +267,16 @@ def test_a_truncated_part_names_the_file_and_what_to_do(tmp_path):
     for read in (lambda: open_embeddings(tmp_path).meta, lambda: PartFolder(tmp_path, "abc").extracted()):
         with pytest.raises(ValueError, match=r"part-00000.h5 cannot be read .* Remove it and run the same"):
             read()
+
+
+def test_a_read_only_folder_stops_with_the_documented_message_before_any_work(tmp_path, monkeypatch):
+    """Tests run as root, who writes anywhere: the error of a read-only mount is raised where it would be."""
+    write(tmp_path, [0, 1])
+    PartFolder(tmp_path, "abc").write_manifest("m", ["q0", "q1"])
+
+    def read_only(self, missing_ok=False):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(PartWriteError, match=r"cannot change .*Read-only file system.*nothing was lost"):
+        PartFolder(tmp_path, "abc").clean()

@@ -332,6 +332,16 @@ class PartFolder:
 
     def clean(self) -> None:
         """Remove leftovers of killed runs, the old manifest and other configs' parts (one process only)."""
+        try:
+            self._clean()
+        except OSError as err:  # a read-only mount, no permission: before anything is computed
+            raise PartWriteError(
+                f"cannot change {self.folder} ({err.strerror or err}): a run removes its leftovers and the "
+                "old manifest before it writes. Fix the folder's permissions (or mount it writable, or move "
+                "the output folder in params.yaml), then run the same command again: nothing was lost"
+            ) from err
+
+    def _clean(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.folder.glob("*.tmp"):
             log.info("removing incomplete %s left by an interrupted run", leftover.name)
