@@ -240,7 +240,7 @@ class LensSettings(_Section):
     max_tokens: int = Field(
         512,
         ge=2,
-        description="a corpus line's tokens at most: a longer one is cut, with a log line naming it",
+        description="a corpus sentence's tokens at most: a longer one is cut, with a log line naming it",
     )
     seed: int = 0
     bank_dtype: Literal["float16", "float32"] = "float16"

@@ -280,3 +280,9 @@ def test_a_read_only_folder_stops_with_the_documented_message_before_any_work(tm
     monkeypatch.setattr(Path, "unlink", read_only)
     with pytest.raises(PartWriteError, match=r"cannot change .*Read-only file system.*nothing was lost"):
         PartFolder(tmp_path, "abc").clean()
+
+
+def test_part_numbers_past_five_digits_are_parts_too(tmp_path):
+    path = write(tmp_path, [0])
+    path.rename(tmp_path / "part-100000.h5")  # next_part's name once 100,000 parts were numbered
+    assert list(open_embeddings(tmp_path).meta.sample_id) == ["q0"]

@@ -85,9 +85,8 @@ BANK = Schema(
     floats=("vectors",),
 )
 PART_GLOB = "part-*.h5"
-PART_NAME = re.compile(
-    r"part-\d{5}\.h5"
-)  # what halp names a part; a copy ("part-00003 (copy).h5") is not one
+# What halp names a part (five digits or more); a copy such as "part-00003 (copy).h5" is not one.
+PART_NAME = re.compile(r"part-\d{5,}\.h5")
 MANIFEST = "manifest.json"
 ROWS_PER_CHUNK = 256
 
