@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from halp.probe.headline import METADATA, best_output_baseline
+from halp.probe.headline import METADATA, best_output_baseline, best_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "demo_vlm"
@@ -64,7 +64,7 @@ def run_seed(work: Path, params: dict, seed: int, overrides: dict) -> Path:
 def seed_row(folder: Path, params: dict, seed: int) -> dict:
     report = json.loads((folder / params["probe"]["out_dir"] / f"{MODEL}.json").read_text())
     rows = pd.read_csv(folder / params["probe"]["out_dir"] / f"{MODEL}.csv")
-    best = rows.loc[rows.auroc_mean.idxmax()]
+    best = best_probe(rows)
     output_name, output = best_output_baseline(report)
     metadata = report["baselines"][METADATA]
     rival = max(output["auroc_mean"], metadata["auroc_mean"])

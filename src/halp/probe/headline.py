@@ -15,6 +15,14 @@ SHORT = {"vision_only": "vf", "vision_token": "vt", "query_token": "qt"}
 DIGITS = 4  # what a table column has room for; the detailed metrics keep every digit
 
 
+def best_probe(rows: pd.DataFrame, representation: str | None = None) -> pd.Series | None:
+    """The (representation, layer, probe) row of highest test AUROC, of one representation if given;
+    None if there is none."""
+    if representation is not None:
+        rows = rows[rows.representation == representation]
+    return None if rows.empty else rows.loc[rows.auroc_mean.idxmax()]
+
+
 def best_output_baseline(report: dict) -> tuple[str, dict]:
     outputs = {name: m for name, m in report["baselines"].items() if name != METADATA}
     name = max(outputs, key=lambda n: outputs[n]["auroc_mean"])
@@ -30,10 +38,8 @@ def headline(report: dict, rows: pd.DataFrame) -> dict:
     }
     if report["status"] == "ok":
         for rep, short in SHORT.items():
-            candidates = rows[rows.representation == rep]
-            if candidates.empty:
+            if (best := best_probe(rows, rep)) is None:
                 continue
-            best = candidates.loc[candidates.auroc_mean.idxmax()]
             numbers[f"{short}_auroc"] = round(float(best.auroc_mean), DIGITS)
             if rep != "vision_only":
                 numbers[f"{short}_layer"] = int(best.layer)

@@ -12,17 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from halp.probe.headline import METADATA, best_output_baseline
+from halp.probe.headline import METADATA, best_output_baseline, best_probe
 
 log = logging.getLogger(__name__)
 LAYERED = ("vision_token", "query_token")
 
 
-def _cell(rows: pd.DataFrame) -> str:
-    """The best row's AUROC with its 95% interval, layer and probe."""
-    if rows.empty:
+def _cell(rows: pd.DataFrame, representation: str) -> str:
+    """The representation's best row: AUROC with its 95% interval, layer and probe."""
+    if (best := best_probe(rows, representation)) is None:
         return "n/a"
-    best = rows.loc[rows.auroc_mean.idxmax()]
     where = "" if pd.isna(best.layer) else f"L{int(best.layer)}, "
     return f"{_interval(best)} ({where}{best.probe})"
 
@@ -34,7 +33,7 @@ def _interval(metrics: dict) -> str:
 def table_row(model: str, report: dict, rows: pd.DataFrame) -> str:
     if report["status"] != "ok":
         return f"| {model} | {report['n_samples']} | {report['message']} | | | | |"
-    cells = [_cell(rows[rows.representation == rep]) for rep in ("vision_only", *LAYERED)]
+    cells = [_cell(rows, rep) for rep in ("vision_only", *LAYERED)]
     name, output = best_output_baseline(report)
     cells += [f"{_interval(output)} ({name})", _interval(report["baselines"][METADATA])]
     rate = report["n_hallucinated"] / report["n_samples"]
@@ -43,7 +42,7 @@ def table_row(model: str, report: dict, rows: pd.DataFrame) -> str:
 
 def verdict(model: str, report: dict, rows: pd.DataFrame) -> str:
     """Whether the best probe beats both baselines with 95% intervals that do not overlap."""
-    best = rows.loc[rows.auroc_mean.idxmax()]
+    best = best_probe(rows)
     name, output = best_output_baseline(report)
     rivals = {name: output, f"{METADATA} baseline": report["baselines"][METADATA]}
     beaten = [n for n, m in rivals.items() if best.auroc_ci_low > m["auroc_ci_high"]]
@@ -74,9 +73,7 @@ def breakdown(model: str, report: dict, rows: pd.DataFrame) -> list[str]:
         + " |",
     ]
     for rep in ("vision_only", *LAYERED):
-        candidates = rows[rows.representation == rep]
-        if not candidates.empty:
-            best = candidates.loc[candidates.auroc_mean.idxmax()]
+        if (best := best_probe(rows, rep)) is not None:
             cells = " | ".join(f"{best[f'auroc_in_{g}']:.3f}" for g in groups)
             lines.append(f"| {_where(best)} ({best.probe}) | {cells} |")
     name, output = best_output_baseline(report)
