@@ -68,9 +68,10 @@ def _extract(params: Params, args: argparse.Namespace) -> None:
         folder = ExtractionRun.folder_for(params, args.model)
         with writing(folder, args.wait):  # held here for the workers, which are told so
             env = os.environ | {HELD: str(folder.resolve())}
-            subprocess.run([*command, "extract", "--model", args.model], check=True, env=env)
+            forwarded = ["--remove-damaged"] if args.remove_damaged else []
+            subprocess.run([*command, "extract", "--model", args.model, *forwarded], check=True, env=env)
         return
-    extract(params, args.model, args.wait)
+    extract(params, args.model, args.wait, args.remove_damaged)
 
 
 def _fingerprint(params: Params, args: argparse.Namespace) -> None:
@@ -96,19 +97,19 @@ def _prepare_corpus(params: Params, args: argparse.Namespace) -> None:
 def _contextual_bank(params: Params, args: argparse.Namespace) -> None:
     from halp.lens.bank import build_bank
 
-    log.info("bank -> %s", build_bank(params, args.model, args.wait))
+    log.info("bank -> %s", build_bank(params, args.model, args.wait, args.remove_damaged))
 
 
 def _lens(params: Params, args: argparse.Namespace) -> None:
     from halp.lens.lens_run import lens
 
-    log.info("lens -> %s", lens(params, args.model, args.wait))
+    log.info("lens -> %s", lens(params, args.model, args.wait, args.remove_damaged))
 
 
 def _vision_tokens(params: Params, args: argparse.Namespace) -> None:
     from halp.lens.run import vision_tokens
 
-    log.info("vision tokens -> %s", vision_tokens(params, args.model, args.wait))
+    log.info("vision tokens -> %s", vision_tokens(params, args.model, args.wait, args.remove_damaged))
 
 
 def _probe(params: Params, args: argparse.Namespace) -> None:
@@ -206,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (readers["extract"], bank, lens, tokens):
         sub.add_argument(
             "--wait", action="store_true", help="if another run writes the same folder, start after it"
+        )
+        sub.add_argument(
+            "--remove-damaged",
+            action="store_true",
+            help="remove parts that cannot be read (cut short by a full disk or a bad copy); their samples "
+            "run again",
         )
     for sub in (readers["summarize"], readers["label"], probe):
         sub.add_argument(

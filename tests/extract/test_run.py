@@ -108,6 +108,28 @@ def test_faulty_images_become_error_rows_and_the_run_goes_on(workspace):
     assert sorted(emb.meta.sample_id) == sorted(samples.question_id) and emb.errors.empty
 
 
+def test_a_truncated_part_is_named_and_recomputed_with_remove_damaged(workspace):
+    model = "qwen2_vl"
+    set_params(workspace, {"data.sample_size": 8})
+    halp("sample", cwd=workspace)
+    halp("extract", "--model", model, cwd=workspace)
+    folder = workspace / "embeddings" / model
+    reference = all_arrays(folder)
+    first, *others = sorted(folder.glob("part-*.h5"))
+    assert others, "the test needs a part that stays whole"
+    first.write_bytes(first.read_bytes()[:2000])
+
+    refused = halp("extract", "--model", model, cwd=workspace, check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    named = f"embeddings/{model}/{first.name}"
+    assert f"{named} cannot be read" in refused.stderr and "--remove-damaged" in refused.stderr
+    result = halp("extract", "--model", model, "--remove-damaged", cwd=workspace)
+    assert f"removing {named} (--remove-damaged)" in result.stderr
+    assert "4 already done, 0 earlier failures retried, 4 to extract" in result.stderr
+    for name, values in all_arrays(folder).items():
+        np.testing.assert_array_equal(values, reference[name], err_msg=name)
+
+
 def test_an_image_path_that_is_a_folder_or_a_link_loop_is_a_data_error_and_the_run_goes_on(workspace):
     """(Unreadable for lack of permission takes the same path, but root, as tests run here, reads all.)"""
     model = "qwen2_vl"

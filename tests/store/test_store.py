@@ -265,8 +265,25 @@ def test_a_truncated_part_names_the_file_and_what_to_do(tmp_path):
     path = write(tmp_path, [0, 1])
     path.write_bytes(path.read_bytes()[:1000])
     for read in (lambda: open_embeddings(tmp_path).meta, lambda: PartFolder(tmp_path, "abc").extracted()):
-        with pytest.raises(ValueError, match=r"part-00000.h5 cannot be read .* Remove it and run the same"):
+        with pytest.raises(
+            ValueError, match=r"part-00000.h5 cannot be read .* Remove it, or .*--remove-damaged"
+        ):
             read()
+
+
+def test_remove_damaged_removes_only_the_unreadable_part(tmp_path):
+    kept = write(tmp_path, [0, 1])
+    damaged = write(tmp_path, [2, 3])
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    with h5py.File(tmp_path / "part-00099.h5", "w") as f:  # readable, but not halp's: never removed
+        f["x"] = [1, 2, 3]
+    PartFolder(tmp_path, "abc").clean()  # without the option nothing is removed
+    assert damaged.exists()
+    with pytest.raises(ValueError, match="was not written by halp"):
+        PartFolder(tmp_path, "abc").clean(remove_damaged=True)
+    assert not damaged.exists() and kept.exists() and (tmp_path / "part-00099.h5").exists()
+    (tmp_path / "part-00099.h5").unlink()
+    assert PartFolder(tmp_path, "abc").extracted().keys() == {"q0", "q1"}
 
 
 def test_a_read_only_folder_stops_with_the_documented_message_before_any_work(tmp_path, monkeypatch):

@@ -261,12 +261,12 @@ class ExtractionRun:
         )
         return todo
 
-    def run(self, samples: pd.DataFrame) -> None:
+    def run(self, samples: pd.DataFrame, remove_damaged: bool = False) -> None:
         """This process's shard: every world-th sample from its rank on, minus what any part holds."""
         # The images as they are now (the sampled CSV's hashes may predate a replaced file).
         samples = samples.assign(image_sha256=samples.image_path.map(functools.cache(file_digest)))
         if self.rank.is_main:
-            self.parts.clean()
+            self.parts.clean(remove_damaged)
             self._drop_outdated_rows(samples)
         self.rank.barrier()
         todo = self._todo(samples.iloc[self.rank.index :: self.rank.world])
@@ -288,7 +288,7 @@ def read_samples(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def extract(params: Params, model_name: str, wait: bool = False) -> Path:
+def extract(params: Params, model_name: str, wait: bool = False, remove_damaged: bool = False) -> Path:
     params.model(model_name)  # unknown names fail before any model is loaded
     samples = read_samples(params.data.out).head(params.model(model_name).max_samples)
     folder, rank = ExtractionRun.folder_for(params, model_name), Rank.from_env()
@@ -296,5 +296,5 @@ def extract(params: Params, model_name: str, wait: bool = False) -> Path:
         if rank.is_main:
             warn_if_unlocked()
         run = ExtractionRun(params, model_name, rank)
-        run.run(samples)
+        run.run(samples, remove_damaged)
     return run.folder

@@ -150,8 +150,8 @@ class BankBuilder:
             self.loaded.model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
         return torch.stack([captured[str(k)] for k in self.layers], dim=1).numpy()
 
-    def run(self) -> Path:
-        self.parts.clean()
+    def run(self, remove_damaged: bool = False) -> Path:
+        self.parts.clean(remove_damaged)
         done = self.parts.extracted().keys()
         todo = self.chosen[~self.chosen.sample_id.isin(done)]
         # By length, so that a batch pads its rows to about their own length (right padding and causal
@@ -219,6 +219,6 @@ class BankBuilder:
             log.info("wrote %s (%d rows)", path.name, len(buffer))
 
 
-def build_bank(params: Params, model_name: str, wait: bool = False) -> Path:
+def build_bank(params: Params, model_name: str, wait: bool = False, remove_damaged: bool = False) -> Path:
     with writing(params.lens.bank_dir / model_name, wait):
-        return BankBuilder(params, model_name).run()
+        return BankBuilder(params, model_name).run(remove_damaged)

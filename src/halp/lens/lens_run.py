@@ -101,9 +101,9 @@ def own_bank(params: Params, model_name: str) -> Bank:
     return bank
 
 
-def lens(params: Params, model_name: str, wait: bool = False) -> Path:
+def lens(params: Params, model_name: str, wait: bool = False, remove_damaged: bool = False) -> Path:
     """Read every image token with the three lenses; then the metrics and the page."""
-    if run := run_over_images(params, model_name, LensRun, wait):
+    if run := run_over_images(params, model_name, LensRun, wait, remove_damaged):
         readings = open_lens(run.folder)
         if readings.meta.empty:
             raise ValueError(

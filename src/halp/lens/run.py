@@ -99,9 +99,9 @@ class VisionTokenRun(ExtractionRun):
             )
             self.logged_size = True
 
-    def run(self, samples: pd.DataFrame) -> None:
+    def run(self, samples: pd.DataFrame, remove_damaged: bool = False) -> None:
         self.n_images = len(samples)
-        super().run(samples)
+        super().run(samples, remove_damaged)
 
 
 def image_meta(row: pd.Series, n_tokens: int, grid: tuple[int, int, int]) -> dict:
@@ -126,7 +126,11 @@ def images_of(samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_over_images(
-    params: Params, model_name: str, run_class: type[VisionTokenRun], wait: bool = False
+    params: Params,
+    model_name: str,
+    run_class: type[VisionTokenRun],
+    wait: bool = False,
+    remove_damaged: bool = False,
 ) -> VisionTokenRun | None:
     """`run_class` over the sample's images, for a model whose decoder sees image tokens (checked before any
     weights load); the finished run on the main process, None on the others."""
@@ -141,13 +145,13 @@ def run_over_images(
     folder, rank = run_class.folder_for(params, model_name), Rank.from_env()
     with writing(folder, wait, rank.is_main), process_group(rank) as rank:
         run = run_class(params, model_name, rank)
-        run.run(images)
+        run.run(images, remove_damaged)
     return run if rank.is_main else None
 
 
-def vision_tokens(params: Params, model_name: str, wait: bool = False) -> Path:
+def vision_tokens(params: Params, model_name: str, wait: bool = False, remove_damaged: bool = False) -> Path:
     """Extract, then write the per-layer aggregates as DVC metrics and the norm by layer as a plot."""
-    if run := run_over_images(params, model_name, VisionTokenRun, wait):
+    if run := run_over_images(params, model_name, VisionTokenRun, wait, remove_damaged):
         write_metrics(VisionTokens(run.folder), params.lens, model_name)
     return params.lens.out_dir / model_name
 

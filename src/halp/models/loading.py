@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from transformers import AutoConfig, AutoProcessor, PretrainedConfig, PreTrained
 from halp.config import ConfigError, ModelSettings
 from halp.extract.layers import resolve_layers
 from halp.models.adapter import Adapter, resolve
+from halp.models.folder import check_model_folder
 from halp.models.registry import adapter_for
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,8 @@ def pick_attention(setting: str, device: torch.device, adapter: Adapter) -> str:
 
 
 def read_config(settings: ModelSettings) -> tuple[PretrainedConfig, Adapter]:
-    """The model's config and adapter, without loading any weights."""
+    """The model's config and adapter, without loading any weights; a local folder is checked whole, so a
+    missing or cut-off file is named before the run rather than failing every sample."""
     try:
         config = AutoConfig.from_pretrained(settings.model, revision=settings.revision)
     except OSError as err:
@@ -71,7 +74,10 @@ def read_config(settings: ModelSettings) -> tuple[PretrainedConfig, Adapter]:
             "Give a local folder holding config.json, or a hub id reachable from here "
             "(offline: download it first, e.g. `hf download ID`)."
         ) from err
-    return config, adapter_for(config.model_type, settings.model)
+    adapter = adapter_for(config.model_type, settings.model)
+    if Path(settings.model).is_dir():
+        check_model_folder(Path(settings.model))
+    return config, adapter
 
 
 def load_model(settings: ModelSettings, local_rank: int = 0) -> LoadedModel:

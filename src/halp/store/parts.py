@@ -109,8 +109,9 @@ def open_part(path: Path) -> Iterator[h5py.File]:
         f = h5py.File(path, "r")
     except OSError as err:
         raise ValueError(
-            f"{path} cannot be read ({err}): it was cut short or damaged. Remove it and run the same "
-            "command again: its samples are computed again, the other parts are kept"
+            f"{path} cannot be read ({err}): it was cut short or damaged. Remove it, or run the command "
+            f"that writes {path.parent.name}'s folder (halp extract, contextual-bank, vision-tokens or lens) "
+            "with --remove-damaged, then run again: its samples are computed again, the other parts are kept"
         ) from None
     with f:
         if "config_hash" not in f.attrs:
@@ -119,6 +120,14 @@ def open_part(path: Path) -> Iterator[h5py.File]:
                 f"of {path.parent}"
             )
         yield f
+
+
+def _opens(path: Path) -> bool:
+    try:
+        h5py.File(path, "r").close()
+    except OSError:
+        return False
+    return True
 
 
 def config_hash(identity: dict[str, Any]) -> str:
@@ -329,10 +338,11 @@ class PartFolder:
     def parts(self) -> list[Path]:
         return part_files(self.folder)
 
-    def clean(self) -> None:
-        """Remove leftovers of killed runs, the old manifest and other configs' parts (one process only)."""
+    def clean(self, remove_damaged: bool = False) -> None:
+        """Remove leftovers of killed runs, the old manifest and other configs' parts (one process only);
+        with `remove_damaged`, also parts that cannot be read (cut short), so their samples run again."""
         try:
-            self._clean()
+            self._clean(remove_damaged)
         except OSError as err:  # a read-only mount, no permission: before anything is computed
             raise PartWriteError(
                 f"cannot change {self.folder} ({err.strerror or err}): a run removes its leftovers and the "
@@ -340,11 +350,14 @@ class PartFolder:
                 "the output folder in params.yaml), then run the same command again: nothing was lost"
             ) from err
 
-    def _clean(self) -> None:
+    def _clean(self, remove_damaged: bool) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.folder.glob("*.tmp"):
             log.info("removing incomplete %s left by an interrupted run", leftover.name)
             leftover.unlink()
+        for damaged in (part for part in self.parts() if remove_damaged and not _opens(part)):
+            log.warning("removing %s (--remove-damaged): it cannot be read; its samples run again", damaged)
+            damaged.unlink()
         (self.folder / MANIFEST).unlink(missing_ok=True)
         for replaced in replaced_parts(self.parts()):
             log.info("removing %s: a rewritten copy without its stale rows replaces it", replaced.name)
