@@ -19,12 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from halp.bench import engine, seed_style
+from halp.bench import built, engine, seed_style
 from halp.config import ModelSettings
 from halp.extract.engine import Extractor
-from halp.models.loading import load_model, pick_attention, pick_device, ready
-from halp.models.registry import adapter_for
-from halp.models.synthetic import BUILDERS, build_in_memory
+from halp.models.loading import load_model, pick_device
+from halp.models.synthetic import BUILDERS
 
 QUESTION = (
     "Is the small red object on the left side of the table touching the large blue cup in this picture?"
@@ -60,12 +59,8 @@ def main() -> None:
     )
     if args.model_dir:
         loaded = load_model(settings)
-    else:  # built on the device in the target dtype: no float32 copy, no disk round trip
-        device = pick_device(args.device)
-        model, processor = build_in_memory(args.arch, args.size, device, getattr(torch, args.dtype))
-        adapter = adapter_for(model.config.model_type, settings.model)
-        model.set_attn_implementation(pick_attention(args.attn, device, adapter))
-        loaded = ready(model, processor, settings.model)
+    else:
+        loaded = built(args.arch, args.size, pick_device(args.device), getattr(torch, args.dtype), args.attn)
     extractor = Extractor.configured(loaded, settings, top_k=5, max_new_tokens=args.new_tokens)
     ahead = Extractor.configured(loaded, settings, 5, args.new_tokens, pin_memory=True)
     rng = np.random.default_rng(0)

@@ -10,28 +10,53 @@ from __future__ import annotations
 import time
 
 import torch
+from transformers import BatchFeature
 
 from halp.config import Params
 from halp.data.images import load_image
 from halp.extract.engine import Extractor, token_positions
 from halp.extract.prefetch import prefetched
 from halp.extract.run import read_samples
-from halp.models.loading import LoadedModel, load_model
+from halp.models.loading import LoadedModel, load_model, pick_attention, ready
+from halp.models.registry import adapter_for
+from halp.models.synthetic import build_in_memory
+
+
+def built(arch: str, size: str, device: torch.device, dtype: torch.dtype, attention: str) -> LoadedModel:
+    """A randomly initialised model of the real architecture, built on the device in the target dtype (no
+    float32 copy, no disk round trip), set up as a loaded one would be."""
+    model, processor = build_in_memory(arch, size, device, dtype)
+    source = f"synthetic {size} {arch}"
+    model.set_attn_implementation(
+        pick_attention(attention, device, adapter_for(model.config.model_type, source))
+    )
+    return ready(model, processor, source)
+
+
+@torch.inference_mode()
+def plain_forward(loaded: LoadedModel, extractor: Extractor, inputs: BatchFeature) -> dict[str, torch.Tensor]:
+    """VF, VT and QT of one sample the seed scripts' way: a separate vision forward, then a forward with all
+    hidden states, read at the positions found from `input_ids` (block k is hidden_states[k + 1]; the last
+    one there has the final norm applied, which the engine's hook on the last block has not)."""
+    model, adapter = loaded.model, loaded.adapter
+    inputs = inputs.to(loaded.device)
+    vision_only = adapter.standalone_vision(model, inputs).float().cpu()
+    hidden = model(**inputs, output_hidden_states=True).hidden_states
+    vision, query = token_positions(inputs["input_ids"], inputs["attention_mask"], extractor.image_token_id)
+    layers = [hidden[k + 1][0] for k in extractor.layers]
+    return {
+        "vision_only": vision_only[0],
+        "vision_token": torch.stack([h[vision[0]] for h in layers]).float().cpu(),
+        "query_token": torch.stack([h[query[0]] for h in layers]).float().cpu(),
+    }
 
 
 @torch.inference_mode()
 def seed_style(loaded: LoadedModel, extractor: Extractor, images, questions, max_new_tokens: int) -> None:
-    model, adapter = loaded.model, loaded.adapter
     for image, question in zip(images, questions, strict=True):
         inputs = extractor.prepare([image], [question]).to(loaded.device)
-        adapter.standalone_vision(model, inputs).cpu()
-        hidden = model(**inputs, output_hidden_states=True).hidden_states
-        vision, query = token_positions(
-            inputs["input_ids"], inputs["attention_mask"], extractor.image_token_id
-        )
-        for k in extractor.layers:
-            hidden[k + 1][0, vision[0]].cpu(), hidden[k + 1][0, query[0]].cpu()
-        model.generate(
+        plain_forward(loaded, extractor, inputs)
+        loaded.model.generate(
             **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False
         )
 

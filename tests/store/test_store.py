@@ -277,7 +277,8 @@ def test_remove_damaged_removes_only_the_unreadable_part(tmp_path):
     damaged.write_bytes(damaged.read_bytes()[:1000])
     with h5py.File(tmp_path / "part-00099.h5", "w") as f:  # readable, but not halp's: never removed
         f["x"] = [1, 2, 3]
-    PartFolder(tmp_path, "abc").clean()  # without the option nothing is removed
+    with pytest.raises(ValueError, match="cannot be read"):  # without the option nothing is removed
+        PartFolder(tmp_path, "abc").clean()
     assert damaged.exists()
     with pytest.raises(ValueError, match="was not written by halp"):
         PartFolder(tmp_path, "abc").clean(remove_damaged=True)

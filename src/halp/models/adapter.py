@@ -62,9 +62,18 @@ class Adapter:
         return resolve(model, self.vision_encoder)
 
     def standalone_vision(self, model: nn.Module, inputs: BatchFeature) -> Tensor:
-        """VF from a separate pass over the vision encoder: the seed scripts' way, kept as a reference."""
+        """VF from a separate pass over the vision encoder: the seed scripts' way, kept as a reference. Pixels
+        are cast to the encoder's dtype first, as each model's own forward does (float32 pixels meet
+        bfloat16 weights otherwise)."""
+        encoder = self.vision_module(model)
+        dtype = next(encoder.parameters()).dtype
+
+        def cast(value: Any) -> Any:
+            return value.to(dtype) if isinstance(value, Tensor) and value.is_floating_point() else value
+
         args, kwargs = self.vision_call(inputs, model)
-        return self.pool_vision(self.vision_module(model)(*args, **kwargs), inputs, model)
+        output = encoder(*map(cast, args), **{name: cast(value) for name, value in kwargs.items()})
+        return self.pool_vision(output, inputs, model)
 
     def image_token(self, model: nn.Module) -> int:
         return int(resolve(model.config, self.image_token_id))

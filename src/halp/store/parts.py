@@ -109,9 +109,9 @@ def open_part(path: Path) -> Iterator[h5py.File]:
         f = h5py.File(path, "r")
     except OSError as err:
         raise ValueError(
-            f"{path} cannot be read ({err}): it was cut short or damaged. Remove it, or run the command "
-            f"that writes {path.parent.name}'s folder (halp extract, contextual-bank, vision-tokens or lens) "
-            "with --remove-damaged, then run again: its samples are computed again, the other parts are kept"
+            f"{path} cannot be read ({err}): it was cut short or damaged. Remove it, or add --remove-damaged "
+            "to the command that writes this folder (halp extract, contextual-bank, vision-tokens or lens), "
+            "and run again: its samples are computed again, the other parts are kept"
         ) from None
     with f:
         if "config_hash" not in f.attrs:
