@@ -36,8 +36,8 @@ from PIL import Image
 
 from halp.bench import built, engine, plain_forward, seed_style
 from halp.extract.engine import Extractor
-from halp.extract.layers import resolve_layers
 from halp.models.adapter import resolve
+from halp.models.layers import resolve_layers
 from halp.models.loading import LoadedModel, pick_device
 
 QUESTION = (

@@ -118,6 +118,12 @@ def _probe(params: Params, args: argparse.Namespace) -> None:
     log.info("probes -> %s", probe_model(params, args.model, args.control, args.allow_incomplete))
 
 
+def _guard_fit(params: Params, args: argparse.Namespace) -> None:
+    from halp.guard.fit import fit_guard
+
+    log.info("guard -> %s", fit_guard(params, args.model, args.allow_incomplete))
+
+
 def _report(params: Params, args: argparse.Namespace) -> None:
     from halp.report.probes import write_report
 
@@ -204,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--control", choices=["shuffled"], help="shuffled: permute training labels (sanity check)"
     )
+    guard_fit = command(
+        "guard-fit", _guard_fit, "fit and save the probe `halp guard` uses before the answer (params: guard)"
+    )
+    guard_fit.add_argument("--model", required=True)
     for sub in (readers["extract"], bank, lens, tokens):
         sub.add_argument(
             "--wait", action="store_true", help="if another run writes the same folder, start after it"
@@ -214,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="remove parts that cannot be read (cut short by a full disk or a bad copy); their samples "
             "run again",
         )
-    for sub in (readers["summarize"], readers["label"], probe):
+    for sub in (readers["summarize"], readers["label"], probe, guard_fit):
         sub.add_argument(
             "--allow-incomplete",
             action="store_true",

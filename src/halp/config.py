@@ -214,6 +214,23 @@ class ProbeSettings(_Section):
     )
 
 
+class GuardSettings(_Section):
+    """The probe `halp guard` saves and uses before the answer; unset fields are chosen by validation AUROC
+    (never by the test split)."""
+
+    models: list[str] = Field(
+        default_factory=list,
+        description="names from the models map to fit a guard for (labels of both kinds)",
+    )
+    representation: Literal["vision_only", "vision_token", "query_token"] | None = None
+    layer: int | None = Field(None, ge=0, description="a block the extraction stored (None: the best)")
+    probe: Literal["mlp", "logistic"] | None = None
+    coverages: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [0.9, 0.8, 0.7], description="answered fractions the guard keeps a risk threshold for"
+    )
+    out_dir: Path = Path("models/guards")
+
+
 class CorpusSettings(_Section):
     """The demo's text corpus for the contextual bank (`halp prepare-corpus`)."""
 
@@ -282,6 +299,7 @@ class Params(_Section):
     summary: SummarySettings = SummarySettings()
     label: LabelSettings = LabelSettings()
     probe: ProbeSettings = ProbeSettings()
+    guard: GuardSettings = GuardSettings()
     corpus: CorpusSettings = CorpusSettings()
     lens: LensSettings = LensSettings()
     report: ReportSettings = ReportSettings()

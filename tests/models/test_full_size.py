@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from halp.extract.layers import resolve_layers
+from halp.models.layers import resolve_layers
 from halp.models.registry import ADAPTERS
 from halp.models.synthetic import instantiate
 from halp.models.synthetic.phi4mm import LORA_TARGETS

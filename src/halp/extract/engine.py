@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from PIL.Image import Image
 from torch import Tensor
-from transformers import BatchFeature
+from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList
 
 from halp.config import ModelSettings
 from halp.extract.capture import at_positions, capture_first_call
-from halp.extract.layers import resolve_layers
+from halp.models.layers import resolve_layers
 from halp.models.loading import LoadedModel
 
 VISION = "vision_encoder"
@@ -50,6 +50,24 @@ def token_positions(input_ids: Tensor, attention_mask: Tensor, image_token_id: i
     vision = torch.where(is_image, columns, -1).amax(dim=1)
     query = torch.where(attention_mask.bool(), columns, -1).amax(dim=1)
     return vision, query
+
+
+# the prefill's representations (`Extractor._representations`) -> a bool per row: stop it after the prefill
+AfterPrefill = Callable[[dict[str, Tensor]], Tensor]
+
+
+class _AfterPrefill(StoppingCriteria):
+    """Asks once, at generate's first check (after the first token, when the prefill's hooks have all
+    fired), which rows stop; generate pads those from then on and ends when every row has stopped."""
+
+    def __init__(self, decide: Callable[[], Tensor]):
+        self.decide = decide
+        self.stop: Tensor | None = None
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+        if self.stop is None:
+            self.stop = self.decide().to(input_ids.device, torch.bool)
+        return self.stop
 
 
 def _count_until_eos(generated: Tensor, eos_ids: set[int]) -> Tensor:
@@ -107,9 +125,21 @@ class Extractor:
             )
         return inputs
 
+    def _representations(self, captured: dict[str, Any], batch: int) -> dict[str, Tensor]:
+        """VF [B, D_vis], VT and QT [B, n_layers, H] from what the prefill's hooks kept."""
+        states = torch.stack([captured[str(k)] for k in self.layers], dim=1)  # [B, n_layers, 2, H]
+        vision_only = captured[VISION]
+        if vision_only.shape[0] != batch:
+            raise RuntimeError(f"vision encoder pooled {vision_only.shape[0]} images for a batch of {batch}")
+        return {"vision_only": vision_only, "vision_token": states[:, :, 0], "query_token": states[:, :, 1]}
+
     @torch.inference_mode()
-    def run(self, inputs: BatchFeature, **generate_kwargs: Any) -> BatchOutput:
-        """Extract from a prepared, left-padded batch; generate_kwargs (min_new_tokens...) go to generate."""
+    def run(
+        self, inputs: BatchFeature, after_prefill: AfterPrefill | None = None, **generate_kwargs: Any
+    ) -> BatchOutput:
+        """Extract from a prepared, left-padded batch; generate_kwargs (min_new_tokens...) go to generate.
+        `after_prefill` is shown the representations as soon as the prefill has run and names the rows
+        that generate nothing after their first token (a guard's abstentions)."""
         model, adapter = self.loaded.model, self.loaded.adapter
         inputs = inputs.to(self.loaded.device, non_blocking=self.pin_memory)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -141,20 +171,20 @@ class Extractor:
             lambda logits: torch.log_softmax(logits[:, -1].float(), dim=-1).topk(self.top_k, dim=-1),
         )
         with capture_first_call(hooks) as captured:
+            if after_prefill is not None:
+                stop = _AfterPrefill(lambda: after_prefill(self._representations(captured, batch)))
+                generate_kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
             sequences = model.generate(
                 **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, **generate_kwargs
             )
-        states = torch.stack([captured[str(k)] for k in self.layers], dim=1)  # [B, n_layers, 2, H]
-        vision_only = captured[VISION]  # [B, D_vis]
-        if vision_only.shape[0] != batch:
-            raise RuntimeError(f"vision encoder pooled {vision_only.shape[0]} images for a batch of {batch}")
+        representations = self._representations(captured, batch)
         logprobs = captured[FIRST_TOKEN]
         generated = sequences[:, prompt_len:]
         padding = (prompt_len - mask.sum(dim=1)).cpu()
         return BatchOutput(
-            vision_only=vision_only.numpy(),
-            vision_token=states[:, :, 0].numpy(),
-            query_token=states[:, :, 1].numpy(),
+            vision_only=representations["vision_only"].numpy(),
+            vision_token=representations["vision_token"].numpy(),
+            query_token=representations["query_token"].numpy(),
             first_token_logprobs=logprobs.values.cpu().numpy(),
             first_token_ids=logprobs.indices.cpu().numpy(),
             vision_token_pos=(vision_pos.cpu() - padding).numpy(),

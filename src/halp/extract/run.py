@@ -24,9 +24,9 @@ from halp.digests import file_digest
 from halp.environment import NUMERIC_PACKAGES, warn_if_unlocked
 from halp.extract.distributed import Rank, process_group
 from halp.extract.engine import BatchOutput, Extractor
-from halp.extract.layers import resolve_layers
 from halp.extract.prefetch import prefetched
 from halp.models.fingerprint import model_fingerprint
+from halp.models.layers import resolve_layers
 from halp.models.loading import load_model
 from halp.store.lock import writing
 from halp.store.parts import (

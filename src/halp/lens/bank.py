@@ -29,8 +29,8 @@ from halp.config import Params
 from halp.data.corpus import read_corpus
 from halp.digests import file_digest
 from halp.extract.capture import at_positions, capture_first_call
-from halp.extract.layers import resolve_layers
 from halp.models.fingerprint import model_fingerprint
+from halp.models.layers import resolve_layers
 from halp.models.loading import LoadedModel, load_model
 from halp.store.lock import writing
 from halp.store.parts import BANK, SCHEMA_VERSION, PartBuffer, PartFolder, config_hash, write_part

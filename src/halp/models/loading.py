@@ -13,9 +13,9 @@ import transformers
 from transformers import AutoConfig, AutoProcessor, PretrainedConfig, PreTrainedModel
 
 from halp.config import ConfigError, ModelSettings
-from halp.extract.layers import resolve_layers
 from halp.models.adapter import Adapter, resolve
 from halp.models.folder import check_model_folder
+from halp.models.layers import resolve_layers
 from halp.models.registry import adapter_for
 
 log = logging.getLogger(__name__)

@@ -111,21 +111,25 @@ class _Training:
         with torch.no_grad():
             return self.model(x).squeeze(1).numpy()
 
-    def best_scores(self, *xs: torch.Tensor) -> tuple[np.ndarray, ...]:
-        self.model.load_state_dict(self.best_state)
-        return tuple(self.scores(x) for x in xs)
-
 
 def fit_probes(
     x: np.ndarray, y: np.ndarray, split: Split, probes: list[str], seed: int, rank: int | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each probe's (validation, test) scores after `train_probes`."""
+    trained = train_probes(x, y, split, probes, seed, rank)
+    val, test = torch.from_numpy(x[split[1]]), torch.from_numpy(x[split[2]])
+    return {name: (run.scores(val), run.scores(test)) for name, run in trained.items()}
+
+
+def train_probes(
+    x: np.ndarray, y: np.ndarray, split: Split, probes: list[str], seed: int, rank: int | None = None
+) -> dict[str, _Training]:
     """Train every probe in `probes` on the training rows of x, standardised with their mean and std
-    (nothing is fitted on other rows), on the same shuffled batches. Returns each probe's (validation,
-    test) scores.
+    (nothing is fitted on other rows), on the same shuffled batches; each is returned at its best epoch.
 
     Loss: BCE weighted by the training class ratio; Adam; each probe stops after PATIENCE epochs
     without a better validation AUROC and is restored to its best epoch."""
-    train, val, test = split
+    train, val, _ = split
     features = torch.from_numpy(x)
 
     def rows(indices: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -164,5 +168,6 @@ def fit_probes(
                 run.optimiser.step()
         for run in active:
             run.keep_if_better(y[val], x_val)
-    x_test = rows(test)
-    return {name: run.best_scores(x_val, x_test) for name, run in runs.items()}
+    for run in runs.values():
+        run.model.load_state_dict(run.best_state)
+    return runs

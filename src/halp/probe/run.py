@@ -162,14 +162,16 @@ def probe_representation(
 def _over_splits(
     y: np.ndarray, splits: list[Split], bootstrap: int, scores: list[tuple], groups: np.ndarray | None
 ) -> dict:
-    """Metrics aggregated over the splits, from each split's (validation, test) scores; with `groups`
-    (one label per sample, e.g. the planted mechanism) also the test AUROC within each group, as
-    `auroc_in_<group>` (mean over the seeds whose test rows of that group hold both classes)."""
-    per_seed, boots = [], []
+    """Metrics aggregated over the splits, from each split's (validation, test) scores, and the validation
+    AUROC (what may choose a probe: the test split must not); with `groups` (one label per sample, e.g. the
+    planted mechanism) also the test AUROC within each group, as `auroc_in_<group>` (mean over the seeds
+    whose test rows of that group hold both classes)."""
+    per_seed, boots, validation = [], [], []
     for seed, ((_, val, test), (s_val, s_test)) in enumerate(zip(splits, scores, strict=True)):
         per_seed.append(evaluate(y[val], s_val, y[test], s_test))
         boots.append(bootstrap_auroc(y[test], s_test, bootstrap, seed))
-    metrics = aggregate(per_seed, boots)
+        validation.append(auroc(y[val], s_val))
+    metrics = aggregate(per_seed, boots) | {"val_auroc_mean": float(np.mean(validation))}
     for group in [] if groups is None else sorted(set(groups)):
         within = [
             auroc(y[test][inside], s_test[inside])

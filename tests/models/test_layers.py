@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from halp.extract.layers import resolve_layers
+from halp.models.layers import resolve_layers
 
 FRACTIONS = [0, 0.25, 0.5, 0.75, 1.0]
 

@@ -1,0 +1,147 @@
+"""`halp guard-fit`: the probe a guard uses, fitted once on the labelled extraction and saved with all it
+takes to use and trust it.
+
+Which probe: `guard.representation` / `layer` / `probe`, the rest chosen by the probe grid's validation
+AUROC (the test split never chooses). One grouped split (by image, as the grid's first) trains it on 60%,
+early-stops and calibrates it on 20% (Platt scaling of the probe's logit), sets the coverage thresholds
+there, and holds out 20% whose AUROC, interval and hallucination rate when answering each coverage are
+reported: nothing is fitted on those rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+from sklearn.linear_model import LogisticRegression
+
+from halp.config import ConfigError, Params
+from halp.guard.guard import CARD, WEIGHTS, calibrated
+from halp.models.fingerprint import model_fingerprint
+from halp.models.loading import read_config
+from halp.probe.classifiers import LEARNING_RATE, train_probes
+from halp.probe.metrics import auroc, bootstrap_auroc
+from halp.probe.run import load_labelled
+from halp.probe.splits import check_labels, grouped_splits
+
+log = logging.getLogger(__name__)
+PACKAGES = ("halp", "torch", "transformers", "scikit-learn", "numpy", "safetensors")
+
+
+def choose_cell(report: dict, params: Params, model_name: str, source: Path) -> dict:
+    """The grid row the guard settings name, the rest filled by the highest validation AUROC."""
+    if report.get("status") != "ok":
+        raise ValueError(f"{source} holds no probes ({report.get('message', 'status not ok')})")
+    rows = pd.DataFrame(
+        {"representation": rep, "layer": None if layer == "pooled" else int(layer), "probe": probe} | metrics
+        for rep, layers in report["probes"].items()
+        for layer, probes in layers.items()
+        for probe, metrics in probes.items()
+    )
+    if "val_auroc_mean" not in rows:
+        raise ValueError(f"{source} predates validation AUROCs: run `halp probe --model {model_name}` again")
+    wanted = params.guard
+    for key in ("representation", "layer", "probe"):
+        if (value := getattr(wanted, key)) is not None:
+            rows = rows[rows[key] == value]
+    if rows.empty:
+        raise ConfigError(
+            f"guard: no probe of {model_name} matches representation={wanted.representation}, "
+            f"layer={wanted.layer}, probe={wanted.probe}; {source} holds layers "
+            f"{sorted({int(k) for v in report['probes'].values() for k in v if k != 'pooled'})} and probes "
+            f"{params.probe.probes}. Change guard in {params._source}"
+        )
+    best = rows.loc[rows.val_auroc_mean.idxmax()]
+    return {k: (None if pd.isna(v) else v) for k, v in best.items()}
+
+
+def coverage_thresholds(risk: np.ndarray, coverages: list[float]) -> dict[str, float]:
+    """The risk at or below which a `coverage` share of these questions falls: above it, flag."""
+    return {f"{c:g}": float(np.quantile(risk, c)) for c in coverages}
+
+
+def fit_guard(params: Params, model_name: str, allow_incomplete: bool = False) -> Path:
+    settings = params.model(model_name)
+    report_path = params.probe.out_dir / f"{model_name}.json"
+    if not report_path.is_file():
+        raise FileNotFoundError(f"{report_path} not found: run `halp probe --model {model_name}` first")
+    cell = choose_cell(json.loads(report_path.read_text()), params, model_name, report_path)
+    emb, y, groups = load_labelled(params, model_name, allow_incomplete)
+    check_labels(y, groups)
+    rep, layer, kind = cell["representation"], cell["layer"], cell["probe"]
+    x = np.asarray(emb.get(rep) if layer is None else emb.get(rep, int(layer)), np.float32)
+    split = train, val, test = grouped_splits(y, groups, 1)[0]
+    trained = train_probes(x, y, split, [kind], seed=0, rank=params.probe.mlp_rank)[kind]
+    scores = {
+        name: trained.scores(torch.from_numpy(x[rows])) for name, rows in (("val", val), ("test", test))
+    }
+    platt = LogisticRegression(C=1e6).fit(scores["val"][:, None], y[val])
+    calibration = {"slope": float(platt.coef_[0, 0]), "intercept": float(platt.intercept_[0])}
+    risk = {name: calibrated(s, calibration) for name, s in scores.items()}
+    thresholds = coverage_thresholds(risk["val"], params.guard.coverages)
+    boots = bootstrap_auroc(y[test], scores["test"], params.probe.bootstrap, seed=0)
+    config, _ = read_config(settings)
+    text = getattr(config, "text_config", config)
+    card = {
+        "model": model_name,
+        "source": settings.model,
+        "revision": settings.revision,
+        "fingerprint": model_fingerprint(settings.model, settings.revision),
+        "model_type": config.model_type,
+        "n_blocks": int(text.num_hidden_layers),
+        "hidden_size": int(text.hidden_size),
+        "dtype": settings.dtype,
+        "max_new_tokens": settings.max_new_tokens,
+        "representation": rep,
+        "layer": None if layer is None else int(layer),
+        "width": int(x.shape[1]),
+        "probe": kind,
+        "probe_settings": {"mlp_rank": params.probe.mlp_rank, "learning_rate": LEARNING_RATE[kind]},
+        "chosen_by": "validation AUROC of the probe grid"
+        + (" among the cells guard settings allow" if _constrained(params) else ""),
+        "label_judge": params.label.judge,
+        "n_samples": len(y),
+        "n_train": len(train),
+        "n_calibration": len(val),
+        "n_holdout": len(test),
+        "hallucination_rate": float(y.mean()),
+        "cross_validated": {
+            k: cell[k] for k in ("auroc_mean", "auroc_ci_low", "auroc_ci_high", "val_auroc_mean")
+        },
+        "holdout": {
+            "auroc": auroc(y[test], scores["test"]),
+            "auroc_ci_low": float(np.percentile(boots, 2.5)),
+            "auroc_ci_high": float(np.percentile(boots, 97.5)),
+            "at_coverage": {c: _answered(y[test], risk["test"], t) for c, t in thresholds.items()},
+        },
+        "calibration": calibration | {"method": "Platt scaling on the calibration rows"},
+        "thresholds": thresholds,
+        "versions": {name: version(name) for name in PACKAGES},
+    }
+    folder = params.guard.out_dir / model_name
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in trained.model.state_dict().items()}
+    save_file(state, folder / WEIGHTS)
+    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    log.info(
+        "%s guard: %s layer %s %s, holdout AUROC %.3f", model_name, rep, layer, kind, card["holdout"]["auroc"]
+    )
+    return folder
+
+
+def _constrained(params: Params) -> bool:
+    return any(getattr(params.guard, k) is not None for k in ("representation", "layer", "probe"))
+
+
+def _answered(y: np.ndarray, risk: np.ndarray, threshold: float) -> dict[str, float]:
+    answered = risk <= threshold
+    return {
+        "coverage": float(answered.mean()),
+        "hallucination_rate_answered": float(y[answered].mean()) if answered.any() else float("nan"),
+    }

@@ -1,0 +1,129 @@
+"""A saved probe used before the answer: each question's calibrated risk of a hallucinated answer, from the
+same prefill hooks the extraction uses (no second pass), and, if asked, abstention at the prefill."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL.Image import Image
+from safetensors.torch import load_file
+
+from halp.config import ConfigError, ModelSettings
+from halp.extract.engine import Extractor
+from halp.models.fingerprint import model_fingerprint
+from halp.models.loading import LoadedModel, load_model
+from halp.probe.classifiers import build_probe
+
+CARD = "guard.json"
+WEIGHTS = "probe.safetensors"
+
+
+class GuardMismatch(ConfigError):
+    """A guard applied to a model other than the one it was fitted on."""
+
+
+def calibrated(scores: np.ndarray, calibration: dict) -> np.ndarray:
+    """The probe's logit mapped to a probability of hallucination (Platt scaling)."""
+    logits = calibration["slope"] * np.asarray(scores, np.float64) + calibration["intercept"]
+    return 1 / (1 + np.exp(-logits))
+
+
+@dataclass
+class Assessment:
+    risk: float  # calibrated probability that the answer will be hallucinated
+    flagged: bool  # risk above the threshold of the chosen coverage
+    answer: str | None  # None when not asked for, or abstained
+
+
+class Guard:
+    """`Guard.load(folder)` then `guard.assess(images, questions)`; `coverage` picks the saved threshold."""
+
+    def __init__(self, card: dict, probe: torch.nn.Module, loaded: LoadedModel, coverage: float = 0.8):
+        self.card, self.probe, self.loaded = card, probe.eval(), loaded
+        key = f"{coverage:g}"
+        if key not in card["thresholds"]:
+            raise ConfigError(
+                f"the guard keeps thresholds for coverages {list(card['thresholds'])}, not {key}"
+            )
+        self.threshold = card["thresholds"][key]
+        layers = [card["layer"] if card["layer"] is not None else 0]
+        self.answering = Extractor(loaded, layers, card["max_new_tokens"], top_k=1)
+        self.prefill_only = Extractor(loaded, layers, 1, top_k=1)
+        self._check_model()
+
+    @classmethod
+    def load(
+        cls, folder: Path, model: str | None = None, loaded: LoadedModel | None = None, coverage: float = 0.8
+    ) -> Guard:
+        """The guard in `folder` on the model it was fitted on (its recorded source, or `model`: a copy of
+        the same weights elsewhere); `loaded` reuses a model already in memory."""
+        card_path = Path(folder) / CARD
+        if not card_path.is_file():
+            raise FileNotFoundError(f"{card_path} not found: run `halp guard-fit --model NAME` first")
+        card = json.loads(card_path.read_text())
+        source = model or card["source"]
+        if loaded is None:
+            fingerprint = model_fingerprint(source, card["revision"])
+            if fingerprint != card["fingerprint"]:
+                raise GuardMismatch(
+                    f"the guard in {folder} was fitted on {card['source']} ({card['fingerprint'][:19]}), "
+                    f"not on {source} ({fingerprint[:19]}): its risks mean nothing on other weights. "
+                    "Fit a guard on this model (`halp guard-fit`)"
+                )
+            loaded = load_model(ModelSettings(model=source, revision=card["revision"], dtype=card["dtype"]))
+        state = load_file(Path(folder) / WEIGHTS)
+        width = card["width"]
+        probe = build_probe(
+            card["probe"], torch.zeros(width), torch.ones(width), card["probe_settings"]["mlp_rank"], 0
+        )
+        probe.load_state_dict(state)
+        return cls(card, probe, loaded, coverage)
+
+    def _check_model(self) -> None:
+        """Depth and width must match the card's, whatever path the weights came by."""
+        found = {"n_blocks": self.loaded.n_blocks, "hidden_size": self.loaded.hidden_size}
+        for key, value in found.items():
+            if value != self.card[key]:
+                raise GuardMismatch(
+                    f"the guard was fitted on {self.card['source']} ({self.card[key]} {key}); this model has "
+                    f"{value}: its risks mean nothing here. Fit a guard on this model (`halp guard-fit`)"
+                )
+
+    def risk(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Calibrated risk of stored or live representations [N, width]."""
+        with torch.inference_mode():
+            scores = self.probe(torch.as_tensor(features, dtype=torch.float32)).squeeze(1).numpy()
+        return calibrated(scores, self.card["calibration"])
+
+    def _feature(self, representations: dict[str, torch.Tensor]) -> torch.Tensor:
+        found = representations[self.card["representation"]]
+        return found if self.card["layer"] is None else found[:, 0]
+
+    def assess(
+        self, images: Sequence[Image], questions: Sequence[str], answer: bool = True, abstain: bool = False
+    ) -> list[Assessment]:
+        """One batch: each question's risk and flag, and (with `answer`) its answer; with `abstain`, a
+        flagged question generates nothing after its prefill and gets no answer."""
+        risks: list[np.ndarray] = []
+
+        def decide(representations: dict[str, torch.Tensor]) -> torch.Tensor:
+            risks.append(risk := self.risk(self._feature(representations)))
+            return (
+                torch.from_numpy(risk > self.threshold)
+                if abstain
+                else torch.zeros(len(risk), dtype=torch.bool)
+            )
+
+        extractor = self.answering if answer else self.prefill_only
+        out = extractor.run(extractor.prepare(images, questions), after_prefill=decide)
+        (risk,) = risks  # generate asks its stopping criteria after every token, the first included
+        flagged = risk > self.threshold
+        return [
+            Assessment(float(r), bool(f), a if answer and not (abstain and f) else None)
+            for r, f, a in zip(risk, flagged, out.answers, strict=True)
+        ]

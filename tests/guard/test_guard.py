@@ -1,0 +1,122 @@
+"""A guard as a user fits and applies it: the demo VLM (real weights, trained here) on a small demo world,
+extracted, labelled and probed by the real `halp` commands, then the saved probe used before the answer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from halp.guard.guard import Guard, GuardMismatch
+from halp.store import open_embeddings
+from tests.conftest import REPO, halp, make_workspace, set_params
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, tiny_dir) -> Path:
+    folder = make_workspace(tmp_path_factory.mktemp("guard"), tiny_dir, sample_size=400)
+    set_params(folder, {"demo.n_images": 120})
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["models"] = {
+        "demo_vlm": {"model": str(REPO / "models/demo_vlm"), "layers": [0, 2, 3], "batch_size": 32,
+                     "checkpoint_interval": 200, "max_new_tokens": 10},
+    }  # fmt: skip
+    params["probe"] = {"seeds": 2, "bootstrap": 50, "workers": 1}
+    params["guard"] = {"models": ["demo_vlm"]}
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    for command in ("prepare-data", "sample"):
+        halp(command, cwd=folder)
+    for command in ("extract", "label", "probe", "guard-fit"):
+        halp(command, "--model", "demo_vlm", cwd=folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def guard(fitted) -> Guard:
+    return Guard.load(fitted / "models/guards/demo_vlm")
+
+
+def stored(folder: Path, n: int):
+    """The first n extracted samples: their images, questions and stored representations."""
+    emb = open_embeddings(folder / "embeddings/demo_vlm")
+    paths = pd.read_csv(folder / "sampled/samples.csv", dtype=str).set_index("question_id").image_path
+    meta = emb.meta.head(n)
+    images = [Image.open(folder / paths[sample_id]).convert("RGB") for sample_id in meta.sample_id]
+    return emb, images, list(meta.question)
+
+
+def test_the_card_says_what_the_guard_is_and_how_far_to_trust_it(fitted):
+    card = json.loads((fitted / "models/guards/demo_vlm/guard.json").read_text())
+    report = json.loads((fitted / "metrics/probes/demo_vlm.json").read_text())
+    cells = [
+        (rep, layer, probe, metrics["val_auroc_mean"])
+        for rep, layers in report["probes"].items()
+        for layer, probes in layers.items()
+        for probe, metrics in probes.items()
+    ]
+    rep, layer, probe, _ = max(cells, key=lambda cell: cell[3])
+    assert (card["representation"], str(card["layer"] if card["layer"] is not None else "pooled")) == (
+        rep,
+        layer,
+    )
+    assert card["probe"] == probe and card["chosen_by"] == "validation AUROC of the probe grid"
+    assert card["n_train"] + card["n_calibration"] + card["n_holdout"] == card["n_samples"]
+    assert card["fingerprint"].startswith("sha256:") and card["n_blocks"] == 4
+    assert list(card["thresholds"]) == ["0.9", "0.8", "0.7"]
+    assert card["thresholds"]["0.7"] <= card["thresholds"]["0.8"] <= card["thresholds"]["0.9"]
+    low, high = card["holdout"]["auroc_ci_low"], card["holdout"]["auroc_ci_high"]
+    assert low <= card["holdout"]["auroc"] <= high
+    assert {"halp", "torch", "transformers"} <= set(card["versions"])
+    assert not list((fitted / "models/guards/demo_vlm").glob("*.pt*")), "no pickle anywhere"
+
+
+def test_live_risk_equals_the_saved_probe_on_the_stored_states(fitted, guard):
+    emb, images, questions = stored(fitted, 12)
+    card = guard.card
+    features = emb.get(card["representation"], card["layer"])[:12]
+    expected = guard.risk(features)
+    live = guard.assess(images, questions, answer=False)
+    np.testing.assert_allclose([a.risk for a in live], expected, atol=1e-5, rtol=0)
+    assert [a.answer for a in live] == [None] * 12
+
+
+def test_batched_equals_one_at_a_time_and_answers_are_the_extractions(fitted, guard):
+    emb, images, questions = stored(fitted, 6)
+    batched = guard.assess(images, questions)
+    alone = [guard.assess([image], [question])[0] for image, question in zip(images, questions, strict=True)]
+    np.testing.assert_allclose([a.risk for a in batched], [a.risk for a in alone], atol=1e-5, rtol=0)
+    assert [a.answer for a in batched] == [a.answer for a in alone] == list(emb.meta.answer.head(6))
+    assert [a.flagged for a in batched] == [a.risk > guard.threshold for a in batched]
+
+
+def test_abstention_stops_flagged_questions_at_the_prefill(fitted):
+    _, images, questions = stored(fitted, 8)
+    guard = Guard.load(fitted / "models/guards/demo_vlm", coverage=0.7)
+    assessed = guard.assess(images, questions, abstain=True)
+    assert any(a.flagged for a in assessed) or pytest.skip("no question above the 0.7 threshold here")
+    for a in assessed:
+        assert (a.answer is None) == a.flagged
+
+
+def test_a_reloaded_guard_gives_the_fitted_risks(fitted, guard):
+    emb, _, _ = stored(fitted, 1)
+    card = guard.card
+    features = emb.get(card["representation"], card["layer"])
+    again = Guard.load(fitted / "models/guards/demo_vlm", loaded=guard.loaded)
+    np.testing.assert_array_equal(again.risk(features), guard.risk(features))
+
+
+def test_a_guard_on_other_weights_is_refused_naming_both(fitted, tiny_dir, tmp_path, load_tiny):
+    folder = fitted / "models/guards/demo_vlm"
+    with pytest.raises(GuardMismatch, match=r"fitted on .*demo_vlm \(sha256:.*not on .*qwen2_vl \(sha256:"):
+        Guard.load(folder, model=str(tiny_dir / "qwen2_vl"))
+    with pytest.raises(GuardMismatch, match=r"\(128 hidden_size\); this model has 64"):
+        Guard.load(folder, loaded=load_tiny("qwen2_vl"))
+    copy = shutil.copytree(REPO / "models/demo_vlm", tmp_path / "copy")
+    assert Guard.load(folder, model=str(copy), loaded=None).card["source"] == str(REPO / "models/demo_vlm")
