@@ -124,10 +124,30 @@ def _guard_fit(params: Params, args: argparse.Namespace) -> None:
     log.info("guard -> %s", fit_guard(params, args.model, args.allow_incomplete))
 
 
+def _guard(params: Params, args: argparse.Namespace) -> None:
+    from halp.guard.run import assess_csv, assess_question, load_guard
+
+    if (args.csv is None) == (args.image is None):
+        raise ConfigError("halp guard takes either --image IMG --question TEXT, or --csv FILE --out FILE")
+    if args.image is not None and args.question is None:
+        raise ConfigError("--image needs --question TEXT")
+    if args.csv is not None and args.out is None:
+        raise ConfigError("--csv needs --out FILE (a rerun resumes it)")
+    guard = load_guard(params, args.model, args.coverage)
+    if args.image is not None:
+        print(assess_question(guard, args.image, args.question, args.abstain))
+        return
+    assessed, failed = assess_csv(guard, params, args.csv, args.out, args.abstain, args.batch_size)
+    log.info("guard -> %s (%d rows assessed, %d with an error)", args.out, assessed, failed)
+
+
 def _report(params: Params, args: argparse.Namespace) -> None:
     from halp.report.probes import write_report
 
-    write_report(list(params.models), params.probe.out_dir, params.report.out_dir)
+    probe = params.probe
+    write_report(
+        list(params.models), probe.out_dir, params.report.out_dir, probe.test_scores_dir, probe.bootstrap
+    )
 
 
 def _summarize(params: Params, args: argparse.Namespace) -> None:
@@ -214,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
         "guard-fit", _guard_fit, "fit and save the probe `halp guard` uses before the answer (params: guard)"
     )
     guard_fit.add_argument("--model", required=True)
+    guard = command("guard", _guard, "each question's risk of a hallucinated answer, before the answer")
+    guard.add_argument("--model", required=True)
+    guard.add_argument("--image", type=Path, help="one image (with --question)")
+    guard.add_argument("--question")
+    guard.add_argument("--csv", type=Path, help="a CSV in HALP's schema (images under data.images_dir)")
+    guard.add_argument(
+        "--out", type=Path, help="the CSV's results: question_id, risk, flagged, answer, error"
+    )
+    guard.add_argument("--coverage", type=float, default=0.8, help="the saved threshold to flag at")
+    guard.add_argument("--abstain", action="store_true", help="flagged questions get no answer (one prefill)")
+    guard.add_argument("--batch-size", type=int, default=8)
     for sub in (readers["extract"], bank, lens, tokens):
         sub.add_argument(
             "--wait", action="store_true", help="if another run writes the same folder, start after it"

@@ -206,6 +206,9 @@ class ProbeSettings(_Section):
         None, description="CSV of question_id and a group (e.g. data/demo/mechanisms.csv): AUROC per group"
     )
     out_dir: Path = Path("metrics/probes")
+    test_scores_dir: Path = Field(
+        Path("data/probes"), description="every sample's out-of-fold test score of each probe and baseline"
+    )
     headline_dir: Path = Field(
         Path("metrics/headline"), description="per model the few numbers an experiment is compared by"
     )

@@ -120,3 +120,39 @@ def test_a_guard_on_other_weights_is_refused_naming_both(fitted, tiny_dir, tmp_p
         Guard.load(folder, loaded=load_tiny("qwen2_vl"))
     copy = shutil.copytree(REPO / "models/demo_vlm", tmp_path / "copy")
     assert Guard.load(folder, model=str(copy), loaded=None).card["source"] == str(REPO / "models/demo_vlm")
+
+
+def test_halp_guard_answers_one_question(fitted, guard):
+    _, images, questions = stored(fitted, 1)
+    images[0].save(fitted / "one.png")
+    result = halp(
+        "guard", "--model", "demo_vlm", "--image", "one.png", "--question", questions[0], cwd=fitted
+    )
+    risk = float(result.stdout.split()[1])
+    assert abs(risk - guard.assess(images, questions)[0].risk) < 1e-5
+    assert "answer: " in result.stdout and "threshold" in result.stdout
+
+
+def test_halp_guard_does_a_csv_reports_bad_rows_by_line_and_resumes(fitted, guard):
+    questions = pd.read_csv(fitted / "demo/questions.csv", dtype=str, keep_default_na=False).head(9)
+    questions.loc[2, "image_name"] = "gone.png"
+    (fitted / "demo/images/broken.png").write_bytes(b"not a png")
+    questions.loc[4, "image_name"] = "broken.png"
+    questions.loc[6, "question"] = " "
+    questions.to_csv(fitted / "mine.csv", index=False)
+    command = ("guard", "--model", "demo_vlm", "--csv", "mine.csv", "--out", "risks.csv", "--batch-size", "2")
+    result = halp(*command, cwd=fitted)
+    assert "CSV line 4" in result.stderr and "image file not found" in result.stderr
+    assert "CSV line 6" in result.stderr and "cannot be decoded" in result.stderr
+    assert "CSV line 8" in result.stderr and "empty question" in result.stderr
+    out = pd.read_csv(fitted / "risks.csv", dtype=str, keep_default_na=False).set_index("question_id")
+    assert sorted(out.index) == sorted(questions.question_id)
+    assert (out.error != "").sum() == 3 and (out.risk[out.error == ""] != "").all()
+
+    # A kill mid-write leaves a cut-off last line: the rerun drops it and assesses only what is missing.
+    text = (fitted / "risks.csv").read_text()
+    (fitted / "risks.csv").write_text(text[: text.rindex("\n", 0, len(text) - 1) - 7])
+    again = halp(*command, cwd=fitted)
+    assert "rows already assessed" in again.stderr
+    resumed = pd.read_csv(fitted / "risks.csv", dtype=str, keep_default_na=False).set_index("question_id")
+    pd.testing.assert_frame_equal(resumed.sort_index(), out.sort_index())

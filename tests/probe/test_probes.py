@@ -17,6 +17,7 @@ from halp.probe.metrics import bootstrap_auroc
 from halp.probe.run import load_labelled, probe_grid, probe_model
 from halp.probe.splits import grouped_splits
 from halp.report.probes import write_report
+from halp.report.risk_coverage import GRID, risk_coverage
 from halp.store.parts import PartBuffer, PartFolder, write_part
 
 LAYERS = [0, 1, 2]
@@ -84,6 +85,7 @@ def make_store(
                 "out_dir": str(root / "probes"),
                 "headline_dir": str(root / "headline"),
                 "control_dir": str(root / "controls"),
+                "test_scores_dir": str(root / "test_scores"),
             },
         }
     )
@@ -191,7 +193,7 @@ def test_degenerate_labels_give_a_message_not_a_crash(tmp_path):
     assert "2 hallucinated and 238 correct answers" in report["message"]
     headline = json.loads((params.probe.headline_dir / "m.json").read_text())
     assert headline == {"m": {"samples": N, "hallucination_rate": round(2 / N, 4)}}
-    write_report(["m", "new"], params.probe.out_dir, tmp_path / "reports")
+    write_report(["m", "new"], params.probe.out_dir, tmp_path / "reports", params.probe.test_scores_dir, 50)
     text = (tmp_path / "reports" / "report.md").read_text()
     assert "| m | 240 | 2 hallucinated" in text
     assert "| new | | not probed: run `halp probe --model new` |" in text
@@ -237,7 +239,7 @@ def test_a_truncated_probe_file_is_named_with_the_command_that_rewrites_it(plant
     probes.mkdir()
     (probes / "m.json").write_text((params.probe.out_dir / "m.json").read_text()[:100])
     with pytest.raises(ValueError, match=r"m.json is not valid JSON .*`halp probe --model m` again"):
-        write_report(["m"], probes, tmp_path / "report")
+        write_report(["m"], probes, tmp_path / "report", tmp_path, 50)
 
 
 def test_grouped_splits_never_share_an_image_and_test_every_sample_once():
@@ -266,7 +268,7 @@ def test_bootstrap_matches_sklearn_on_every_resample():
 
 def test_report_table_and_figures(planted, tmp_path):
     _root, params, _ = planted
-    out = write_report(["m"], params.probe.out_dir, tmp_path)
+    out = write_report(["m"], params.probe.out_dir, tmp_path, params.probe.test_scores_dir, 50)
     text = out.read_text()
     assert "| m | 240 (33%) |" in text and f"(L{PLANTED}, " in text
     assert "beats the best output baseline and the metadata baseline (intervals do not overlap)" in text
@@ -274,6 +276,36 @@ def test_report_table_and_figures(planted, tmp_path):
     assert (tmp_path / "figures" / "m.png").stat().st_size > 1000
     data = pd.read_csv(tmp_path / "plots" / "m.csv")
     assert list(data.layer) == LAYERS and "query_token_mlp" in data and "query_token_mlp_ci_low" in data
+    assert "## Abstaining before the answer" in text and f"| guard: query_token L{PLANTED} " in text
+    assert f"At 80% coverage the guard: query_token L{PLANTED} mlp leaves" in text
+    curves = pd.read_csv(tmp_path / "risk_coverage" / "m.csv").set_index("coverage")
+    assert {"guard", "first_token_entropy", "metadata"} <= set(curves.columns)
+    assert curves.guard[0.5] < curves.first_token_entropy[0.5] / 2, "the planted layer ranks far better"
+    assert (tmp_path / "figures" / "m_risk_coverage.png").stat().st_size > 1000
+
+
+def test_out_of_fold_scores_test_every_sample_once_and_keep_their_fold(planted):
+    _, params, _ = planted
+    scores = pd.read_csv(params.probe.test_scores_dir / "m.csv")
+    assert list(scores.sample_id) == [f"q{i}" for i in range(N)]
+    tested = scores.fold >= 0  # the fixture's 3 seeds test 3 of the 5 folds
+    assert (
+        set(scores.fold[tested]) == {0, 1, 2}
+        and scores.loc[~tested, f"query_token/{PLANTED}/mlp"].isna().all()
+    )
+    assert scores.loc[tested].drop(columns="sample_id").notna().all().all()
+
+
+def test_risk_coverage_against_counting_by_hand():
+    y = np.array([1, 0, 1, 0, 0, 1, 0, 0, 0, 1])
+    table = pd.DataFrame({"fold": 0, "hallucinated": y, "perfect": y + 0.0, "constant": 0.0, "worst": -y})
+    perfect = risk_coverage(table, "perfect", bootstrap=0)
+    assert perfect["rate_at_80"] == pytest.approx(2 / 8) and perfect["curve"][GRID.tolist().index(0.6)] == 0
+    assert risk_coverage(table, "worst", bootstrap=0)["rate_at_80"] == pytest.approx(4 / 8)
+    constant = risk_coverage(table, "constant", bootstrap=0)  # ties are answered at the overall rate
+    np.testing.assert_allclose(constant["curve"], y.mean()) and constant["aurc"] == pytest.approx(y.mean())
+    by_hand = np.mean([y[np.argsort(y, kind="stable")][:k].mean() for k in range(1, 11)])
+    assert perfect["aurc"] == pytest.approx(by_hand)
 
 
 def test_a_baseline_that_ranks_backwards_is_flipped_on_validation(planted):
@@ -281,7 +313,7 @@ def test_a_baseline_that_ranks_backwards_is_flipped_on_validation(planted):
     y = balanced_labels()
     groups = np.arange(N) // PER_IMAGE
     backwards = -y + np.random.default_rng(0).normal(0, 0.3, N)
-    _, scored = probe_grid([], {"backwards": backwards}, y, groups, params.probe)
+    _, scored, _ = probe_grid([], {"backwards": backwards}, y, groups, params.probe)
     assert scored["backwards"]["flipped_seeds"] == params.probe.seeds
     assert scored["backwards"]["auroc_mean"] > 0.9
 
@@ -314,7 +346,9 @@ def test_auroc_within_each_group_of_the_breakdown(tmp_path):
     assert planted["auroc_in_seen"] > 0.8  # trained on both halves, so below the planted-everywhere 0.95
     assert abs(planted["auroc_in_unseen"] - 0.5) < 0.2
     assert report["groups"]["seen"] == {"n_samples": N // 2, "hallucination_rate": labels[signal].mean()}
-    text = write_report(["m"], params.probe.out_dir, tmp_path / "report").read_text()
+    text = write_report(
+        ["m"], params.probe.out_dir, tmp_path / "report", params.probe.test_scores_dir, 50
+    ).read_text()
     assert "| | seen | unseen |" in text and f"| query_token L{PLANTED} (" in text
     groups.write_text("question_id\nq1\n")
     with pytest.raises(ValueError, match="two columns"):

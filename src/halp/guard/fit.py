@@ -26,6 +26,7 @@ from halp.guard.guard import CARD, WEIGHTS, calibrated
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import read_config
 from halp.probe.classifiers import LEARNING_RATE, train_probes
+from halp.probe.headline import best_probe
 from halp.probe.metrics import auroc, bootstrap_auroc
 from halp.probe.run import load_labelled
 from halp.probe.splits import check_labels, grouped_splits
@@ -34,31 +35,23 @@ log = logging.getLogger(__name__)
 PACKAGES = ("halp", "torch", "transformers", "scikit-learn", "numpy", "safetensors")
 
 
-def choose_cell(report: dict, params: Params, model_name: str, source: Path) -> dict:
-    """The grid row the guard settings name, the rest filled by the highest validation AUROC."""
-    if report.get("status") != "ok":
-        raise ValueError(f"{source} holds no probes ({report.get('message', 'status not ok')})")
-    rows = pd.DataFrame(
-        {"representation": rep, "layer": None if layer == "pooled" else int(layer), "probe": probe} | metrics
-        for rep, layers in report["probes"].items()
-        for layer, probes in layers.items()
-        for probe, metrics in probes.items()
-    )
+def choose_cell(rows: pd.DataFrame, params: Params, model_name: str, source: Path) -> pd.Series:
+    """The probe grid's row the guard settings name, the rest filled by the highest validation AUROC."""
     if "val_auroc_mean" not in rows:
         raise ValueError(f"{source} predates validation AUROCs: run `halp probe --model {model_name}` again")
     wanted = params.guard
+    chosen = rows
     for key in ("representation", "layer", "probe"):
         if (value := getattr(wanted, key)) is not None:
-            rows = rows[rows[key] == value]
-    if rows.empty:
+            chosen = chosen[chosen[key] == value]
+    if chosen.empty:
         raise ConfigError(
             f"guard: no probe of {model_name} matches representation={wanted.representation}, "
             f"layer={wanted.layer}, probe={wanted.probe}; {source} holds layers "
-            f"{sorted({int(k) for v in report['probes'].values() for k in v if k != 'pooled'})} and probes "
-            f"{params.probe.probes}. Change guard in {params._source}"
+            f"{sorted(int(k) for k in rows.layer.dropna().unique())} and probes "
+            f"{sorted(rows.probe.unique())}. Change guard in {params._source}"
         )
-    best = rows.loc[rows.val_auroc_mean.idxmax()]
-    return {k: (None if pd.isna(v) else v) for k, v in best.items()}
+    return best_probe(chosen, by="val_auroc_mean")
 
 
 def coverage_thresholds(risk: np.ndarray, coverages: list[float]) -> dict[str, float]:
@@ -68,14 +61,15 @@ def coverage_thresholds(risk: np.ndarray, coverages: list[float]) -> dict[str, f
 
 def fit_guard(params: Params, model_name: str, allow_incomplete: bool = False) -> Path:
     settings = params.model(model_name)
-    report_path = params.probe.out_dir / f"{model_name}.json"
-    if not report_path.is_file():
-        raise FileNotFoundError(f"{report_path} not found: run `halp probe --model {model_name}` first")
-    cell = choose_cell(json.loads(report_path.read_text()), params, model_name, report_path)
+    table = params.probe.out_dir / f"{model_name}.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"{table} not found: run `halp probe --model {model_name}` first")
     emb, y, groups = load_labelled(params, model_name, allow_incomplete)
     check_labels(y, groups)
-    rep, layer, kind = cell["representation"], cell["layer"], cell["probe"]
-    x = np.asarray(emb.get(rep) if layer is None else emb.get(rep, int(layer)), np.float32)
+    cell = choose_cell(pd.read_csv(table), params, model_name, table)
+    rep, kind = cell.representation, cell.probe
+    layer = None if pd.isna(cell.layer) else int(cell.layer)
+    x = np.asarray(emb.get(rep, layer), np.float32)
     split = train, val, test = grouped_splits(y, groups, 1)[0]
     trained = train_probes(x, y, split, [kind], seed=0, rank=params.probe.mlp_rank)[kind]
     scores = {
@@ -99,7 +93,7 @@ def fit_guard(params: Params, model_name: str, allow_incomplete: bool = False) -
         "dtype": settings.dtype,
         "max_new_tokens": settings.max_new_tokens,
         "representation": rep,
-        "layer": None if layer is None else int(layer),
+        "layer": layer,
         "width": int(x.shape[1]),
         "probe": kind,
         "probe_settings": {"mlp_rank": params.probe.mlp_rank, "learning_rate": LEARNING_RATE[kind]},
@@ -112,7 +106,7 @@ def fit_guard(params: Params, model_name: str, allow_incomplete: bool = False) -
         "n_holdout": len(test),
         "hallucination_rate": float(y.mean()),
         "cross_validated": {
-            k: cell[k] for k in ("auroc_mean", "auroc_ci_low", "auroc_ci_high", "val_auroc_mean")
+            k: float(cell[k]) for k in ("auroc_mean", "auroc_ci_low", "auroc_ci_high", "val_auroc_mean")
         },
         "holdout": {
             "auroc": auroc(y[test], scores["test"]),

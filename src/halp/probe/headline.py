@@ -15,12 +15,14 @@ SHORT = {"vision_only": "vf", "vision_token": "vt", "query_token": "qt"}
 DIGITS = 4  # what a table column has room for; the detailed metrics keep every digit
 
 
-def best_probe(rows: pd.DataFrame, representation: str | None = None) -> pd.Series | None:
-    """The (representation, layer, probe) row of highest test AUROC, of one representation if given;
-    None if there is none."""
+def best_probe(
+    rows: pd.DataFrame, representation: str | None = None, by: str = "auroc_mean"
+) -> pd.Series | None:
+    """The (representation, layer, probe) row of highest test AUROC (or `by`: "val_auroc_mean" where the
+    choice must not see the test split), of one representation if given; None if there is none."""
     if representation is not None:
         rows = rows[rows.representation == representation]
-    return None if rows.empty else rows.loc[rows.auroc_mean.idxmax()]
+    return None if rows.empty else rows.loc[rows[by].idxmax()]
 
 
 def best_output_baseline(report: dict) -> tuple[str, dict]:

@@ -18,7 +18,7 @@ from halp.label.run import read_verdicts
 from halp.probe.classifiers import fit_probes
 from halp.probe.headline import headline
 from halp.probe.metrics import aggregate, auroc, bootstrap_auroc, evaluate
-from halp.probe.splits import DegenerateLabels, Split, check_labels, grouped_splits
+from halp.probe.splits import N_FOLDS, DegenerateLabels, Split, check_labels, grouped_splits
 from halp.store import Embeddings, open_finished
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,13 @@ def probe_grid(
     settings: ProbeSettings,
     control: str | None = None,
     breakdown: np.ndarray | None = None,
-) -> tuple[list[dict], dict]:
+) -> tuple[list[dict], dict, pd.DataFrame]:
     """Every probe on every representation over the same seeded grouped splits, one representation per
     worker process; then the baselines on the same test splits (a callable baseline is given each
-    split's training rows). `breakdown` labels each sample with a group to report AUROC within."""
+    split's training rows). `breakdown` labels each sample with a group to report AUROC within.
+
+    Also returns every sample's out-of-fold test score of each probe and baseline (`out_of_fold`), with
+    its fold and label: what selective answering (risk-coverage) is evaluated on."""
     splits = grouped_splits(y, groups, settings.seeds)
     fit_labels = []  # per seed: what probes fit on (training and validation rows permuted for the control)
     for seed, (train, val, _) in enumerate(splits):
@@ -115,9 +118,14 @@ def probe_grid(
         for rep, layer, x in features
     )
     rows = []  # mmap_mode "c": workers share each representation's pages and see a writable array
+    fold = np.full(len(y), -1)
+    for k, (_, _, test) in enumerate(splits[:N_FOLDS]):
+        fold[test] = k
+    test_scores = {"fold": fold, "hallucinated": y}
     for result in Parallel(n_jobs=settings.workers or -1, mmap_mode="c", return_as="generator")(jobs):
         for row in result:
             log.info("%(representation)s layer %(layer)s %(probe)s: AUROC %(auroc_mean).3f", row)
+            test_scores[score_column(row)] = row.pop("test_scores")
         rows += result
     scored = {}
     for name, score in baselines.items():
@@ -125,9 +133,26 @@ def probe_grid(
         pairs = [
             oriented(y[val], s[val], s[test]) for s, (_, val, test) in zip(per_split, splits, strict=True)
         ]
-        scored[name] = _over_splits(y, splits, settings.bootstrap, [(v, t) for v, t, _ in pairs], breakdown)
+        scores = [(v, t) for v, t, _ in pairs]
+        scored[name] = _over_splits(y, splits, settings.bootstrap, scores, breakdown)
         scored[name]["flipped_seeds"] = sum(flipped for _, _, flipped in pairs)
-    return rows, scored
+        test_scores[name] = out_of_fold(splits, scores, len(y))
+    return rows, scored, pd.DataFrame(test_scores)
+
+
+def score_column(row: dict | pd.Series) -> str:
+    """A probe's column in the test-score table: representation/layer/probe (layer "pooled" for VF)."""
+    layer = "pooled" if row["layer"] is None or pd.isna(row["layer"]) else int(row["layer"])
+    return f"{row['representation']}/{layer}/{row['probe']}"
+
+
+def out_of_fold(splits: list[Split], scores: list[tuple], n: int) -> np.ndarray:
+    """Each sample's test score from the first pass over the folds (splits 0-4 test every sample once);
+    NaN for a sample that fewer seeds than folds left untested."""
+    found = np.full(n, np.nan)
+    for (_, _, test), (_, s_test) in zip(splits[:N_FOLDS], scores[:N_FOLDS], strict=False):
+        found[test] = s_test
+    return found
 
 
 def probe_representation(
@@ -154,8 +179,13 @@ def probe_representation(
         torch.set_num_threads(before)
     rows = []
     for probe in settings.probes:
-        metrics = _over_splits(y, splits, settings.bootstrap, [scores[probe] for scores in fitted], groups)
-        rows.append({"representation": rep, "layer": layer, "probe": probe} | metrics)
+        scores = [scores[probe] for scores in fitted]
+        metrics = _over_splits(y, splits, settings.bootstrap, scores, groups)
+        rows.append(
+            {"representation": rep, "layer": layer, "probe": probe}
+            | metrics
+            | {"test_scores": out_of_fold(splits, scores, len(y))}
+        )
     return rows
 
 
@@ -196,13 +226,16 @@ def probe_model(
         "n_images": len(np.unique(groups)),
         "seeds": settings.seeds,
     }
-    table = pd.DataFrame()
+    table, test_scores = pd.DataFrame(), pd.DataFrame({"sample_id": []})
     try:
         check_labels(y, groups)
         keys = (emb.meta.source + " / " + emb.meta.category).to_numpy()
         baselines = output_baselines(emb) | {"metadata": partial(metadata_scores, keys, y)}
         breakdown = read_breakdown(settings.breakdown, emb.meta.sample_id)
-        rows, baselines = probe_grid(representations(emb), baselines, y, groups, settings, control, breakdown)
+        rows, baselines, scores = probe_grid(
+            representations(emb), baselines, y, groups, settings, control, breakdown
+        )
+        test_scores = pd.concat([emb.meta.sample_id.reset_index(drop=True), scores], axis=1)
         table = pd.DataFrame(rows)
         report |= {"status": "ok", "probes": _nest(rows), "baselines": baselines}
         if breakdown is not None:
@@ -224,6 +257,10 @@ def probe_model(
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     table.to_csv(out_dir / f"{name}.csv", index=False, lineterminator="\n")
     if not control:
+        settings.test_scores_dir.mkdir(parents=True, exist_ok=True)
+        test_scores.to_csv(
+            settings.test_scores_dir / f"{name}.csv", index=False, float_format="%.7g", lineterminator="\n"
+        )
         settings.headline_dir.mkdir(parents=True, exist_ok=True)
         numbers = json.dumps(headline(report, table), indent=2)
         (settings.headline_dir / f"{name}.json").write_text(numbers + "\n")

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from halp.probe.headline import METADATA, best_output_baseline, best_probe
+from halp.report import risk_coverage
 
 log = logging.getLogger(__name__)
 LAYERED = ("vision_token", "query_token")
@@ -124,10 +125,13 @@ def read_probe_results(path: Path) -> dict:
         ) from None
 
 
-def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
-    figures, data = out_dir / "figures", out_dir / "plots"
-    figures.mkdir(parents=True, exist_ok=True)
-    data.mkdir(parents=True, exist_ok=True)
+def write_report(
+    models: list[str], probes_dir: Path, out_dir: Path, test_scores_dir: Path, bootstrap: int
+) -> Path:
+    figures, data, curves = out_dir / "figures", out_dir / "plots", out_dir / "risk_coverage"
+    for folder in (figures, data, curves):
+        folder.mkdir(parents=True, exist_ok=True)
+    abstaining = []
     lines = [
         "# Hallucination probes",
         "",
@@ -151,6 +155,15 @@ def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
         if report["status"] == "ok":
             plot_layers(model, rows, figures / f"{model}.png").to_csv(data / f"{model}.csv", index=False)
             verdicts += [verdict(model, report, rows), "", *breakdown(model, report, rows)]
+            scores = pd.read_csv(test_scores_dir / f"{model}.csv")
+            abstaining += risk_coverage.section(
+                model,
+                rows,
+                scores,
+                bootstrap,
+                figures / f"{model}_risk_coverage.png",
+                curves / f"{model}.csv",
+            )
     lines += [
         "",
         "Output baselines score from the first generated token; one that ranks backwards on a seed's "
@@ -158,6 +171,7 @@ def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
         "(source, category)'s hallucination rate in the training split.",
         "",
         *verdicts,
+        *(["## Abstaining before the answer", "", *abstaining] if abstaining else []),
     ]
     out = out_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")
