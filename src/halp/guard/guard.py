@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL.Image import Image
 from safetensors.torch import load_file
+from transformers import BatchFeature
 
 from halp.config import ConfigError, ModelSettings
 from halp.extract.engine import Extractor
@@ -109,6 +110,12 @@ class Guard:
     ) -> list[Assessment]:
         """One batch: each question's risk and flag, and (with `answer`) its answer; with `abstain`, a
         flagged question generates nothing after its prefill and gets no answer."""
+        return self.assess_prepared(self.answering.prepare(images, questions), answer, abstain)
+
+    def assess_prepared(
+        self, inputs: BatchFeature, answer: bool = True, abstain: bool = False
+    ) -> list[Assessment]:
+        """`assess` on a batch already prepared (`guard.answering.prepare`)."""
         risks: list[np.ndarray] = []
 
         def decide(representations: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -120,7 +127,7 @@ class Guard:
             )
 
         extractor = self.answering if answer else self.prefill_only
-        out = extractor.run(extractor.prepare(images, questions), after_prefill=decide)
+        out = extractor.run(inputs, after_prefill=decide)
         (risk,) = risks  # generate asks its stopping criteria after every token, the first included
         flagged = risk > self.threshold
         return [
