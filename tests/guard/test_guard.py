@@ -129,7 +129,7 @@ def test_halp_guard_answers_one_question(fitted, guard):
         "guard", "--model", "demo_vlm", "--image", "one.png", "--question", questions[0], cwd=fitted
     )
     risk = float(result.stdout.split()[1])
-    assert abs(risk - guard.assess(images, questions)[0].risk) < 1e-5
+    assert abs(risk - guard.assess(images, questions)[0].risk) <= 5e-4  # printed to 3 decimals
     assert "answer: " in result.stdout and "threshold" in result.stdout
 
 
