@@ -7,16 +7,19 @@ in float32 at once) and, when installed, faiss-cpu's FlatIP.
 The bank is random unit vectors stored in float16, as `halp contextual-bank` stores them; queries are
 random too. halp is timed with the bank prepared once and kept (what `halp lens` does when the bank fits
 `lens.bank_cache_gb`: every batch of images searches it again; preparing it is timed apart) and read as
-float16 chunks prepared on the fly (a bank too big to keep). Prints seconds per search, each method's rate
-relative to faiss's (or to halp's float32 search without faiss), and whether the top-k rows agree with
-float32's; each time is the fastest of `--repeats` runs. faiss is an optional comparison, not a
-dependency (`pip install faiss-cpu`).
+float16 chunks prepared on the fly (a bank too big to keep). The methods run round-robin for `--repeats`
+rounds, each round starting one method later, so load from elsewhere lands on all of them alike. Prints
+each method's median seconds per search, the median (and range over rounds) of its rate relative to
+faiss's in the same round (or to halp's float32 search without faiss), whether its top-k rows agree with
+float32's, and the CPU's name. faiss is an optional comparison, not a dependency (`pip install faiss-cpu`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import platform
+import subprocess
 import time
 
 import numpy as np
@@ -51,7 +54,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=256)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=65536, help="bank rows per chunk")
-    parser.add_argument("--repeats", type=int, default=3, help="each time is the fastest of these")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; medians are printed")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
@@ -59,65 +62,80 @@ def main() -> None:
     bank = normalised(torch.randn(args.rows, args.width, generator=generator)).half()
     queries = torch.randn(args.queries, args.width, generator=generator).to(args.device)
 
-    def timed(fn, repeats: int = args.repeats):
-        """The fastest of `repeats` runs (this machine's neighbours make single timings noisy)."""
-        best = float("inf")
-        for _ in range(repeats):
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            result = fn()
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        return best, result
+    def sync() -> None:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def once(fn):
+        sync()
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        return time.perf_counter() - start, result
 
     print(
-        f"{args.queries} queries x {args.rows:,} bank rows x {args.width} on {args.device}, "
-        f"top-{args.k} (bank float16 = {bank.numel() * 2 / 2**30:.2f} GiB)"
+        f"{args.queries} queries x {args.rows:,} bank rows x {args.width} on {args.device} ({cpu_name()}), "
+        f"top-{args.k} (bank float16 = {bank.numel() * 2 / 2**30:.2f} GiB), {args.repeats} interleaved rounds"
     )
-    results = {}
+    kept, methods = {}, {}
     for dtype in (torch.bfloat16, torch.float32):
         name = str(dtype).removeprefix("torch.")
-        prepare_s, kept = timed(
-            lambda dtype=dtype: list(consecutive(bank.to(args.device), args.chunk, dtype)), repeats=1
+        prepare_s, kept[name] = once(
+            lambda dtype=dtype: list(consecutive(bank.to(args.device), args.chunk, dtype))
         )
-        seconds, (_, rows) = timed(lambda kept=kept, dtype=dtype: top_k(queries, kept, args.k, dtype))
-        results[f"halp {name}, kept"] = (seconds, rows.cpu())
-        rescored = rescored_per_query(queries, kept, args.k, dtype)
+        rescored = rescored_per_query(queries, kept[name], args.k, dtype)
         print(
             f"  ({name} screen: preparing the kept bank {prepare_s:.2f} s, once; "
             f"{rescored:.1f} of {args.rows:,} rows scored again in float32 per query)"
         )
-        del kept
-    streamed_s, (_, rows) = timed(
-        lambda: top_k(
-            queries, consecutive(bank.to(args.device), args.chunk, torch.bfloat16), args.k, torch.bfloat16
-        )
+        methods[f"halp {name}, kept"] = lambda name=name, dtype=dtype: top_k(
+            queries, kept[name], args.k, dtype
+        )[1]
+    methods["halp bfloat16, streamed"] = lambda: top_k(
+        queries, consecutive(bank.to(args.device), args.chunk, torch.bfloat16), args.k, torch.bfloat16
+    )[1]
+    methods["one matrix (float32)"] = lambda: (
+        (normalised(queries) @ bank.to(queries.device, torch.float32).T).topk(args.k, dim=-1).indices
     )
-    results["halp bfloat16, streamed"] = (streamed_s, rows.cpu())
-
-    def whole_bank():
-        return (normalised(queries) @ bank.to(queries.device, torch.float32).T).topk(args.k, dim=-1)
-
-    whole_s, whole = timed(whole_bank)
-    results["one matrix (float32)"] = (whole_s, whole.indices.cpu())
     if importlib.util.find_spec("faiss") is not None:
         import faiss
 
         index = faiss.IndexFlatIP(args.width)
         index.add(bank.float().numpy())
         q = normalised(queries).cpu().numpy()
-        faiss_s, (_, rows) = timed(lambda: index.search(q, args.k))
-        results["faiss-cpu FlatIP"] = (faiss_s, torch.from_numpy(rows))
-    baseline_name = "faiss-cpu FlatIP" if "faiss-cpu FlatIP" in results else "halp float32, kept"
-    baseline_s, reference = results[baseline_name][0], results["halp float32, kept"][1]
-    for name, (seconds, rows) in results.items():
-        agree = np.mean([set(a) == set(b) for a, b in zip(rows.tolist(), reference.tolist(), strict=True)])
+        methods["faiss-cpu FlatIP"] = lambda: torch.from_numpy(index.search(q, args.k)[1])
+    baseline = "faiss-cpu FlatIP" if "faiss-cpu FlatIP" in methods else "halp float32, kept"
+
+    # Round-robin, each round starting one method later: a noisy moment falls on every method alike, and
+    # each round's ratio compares methods timed seconds apart.
+    seconds: dict[str, list[float]] = {name: [] for name in methods}
+    rows: dict[str, torch.Tensor] = {}
+    names = list(methods)
+    for round_ in range(args.repeats):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            elapsed, rows[name] = once(methods[name])
+            seconds[name].append(elapsed)
+    reference = rows["halp float32, kept"].cpu()
+    base = np.array(seconds[baseline])
+    for name, times in seconds.items():
+        ratio = base / np.array(times)
+        found = rows[name].cpu().tolist()
+        agree = np.mean([set(a) == set(b) for a, b in zip(found, reference.tolist(), strict=True)])
         print(
-            f"  {name:26s} {seconds:7.2f} s   {baseline_s / seconds:5.2f}x {baseline_name}'s rate"
-            f"   top-{args.k} as float32's: {agree:.0%}"
+            f"  {name:26s} {np.median(times):7.3f} s   {np.median(ratio):5.2f}x {baseline}'s rate "
+            f"(rounds {ratio.min():.2f}-{ratio.max():.2f})   top-{args.k} as float32's: {agree:.0%}"
         )
+
+
+def cpu_name() -> str:
+    """The CPU's model name, which the numbers depend on (lscpu's, where there is one)."""
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    return next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown CPU"
+    )
 
 
 if __name__ == "__main__":

@@ -6,14 +6,10 @@ import json
 import logging
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from halp.probe.headline import METADATA, best_output_baseline, best_probe
-from halp.report import risk_coverage
+from halp.report import figures, risk_coverage
 
 log = logging.getLogger(__name__)
 LAYERED = ("vision_token", "query_token")
@@ -90,7 +86,7 @@ def plot_layers(model: str, rows: pd.DataFrame, out: Path) -> pd.DataFrame:
     wide = layered.pivot(index="layer", columns="series", values="auroc_mean")
     low = layered.pivot(index="layer", columns="series", values="auroc_ci_low")
     high = layered.pivot(index="layer", columns="series", values="auroc_ci_high")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figures.new()
     for series in wide.columns:
         (line,) = ax.plot(wide.index, wide[series], marker="o", label=series)
         ax.fill_between(
@@ -102,15 +98,14 @@ def plot_layers(model: str, rows: pd.DataFrame, out: Path) -> pd.DataFrame:
         ax.annotate(f"VF {vf.probe}", (wide.layer.min(), vf.auroc_mean), fontsize=7, color="grey")
     ax.axhline(0.5, color="black", linewidth=0.5)
     ax.set_xticks(wide.layer)
-    ax.set(
+    figures.save(
+        fig,
+        ax,
+        out,
         xlabel="decoder block",
         ylabel="test AUROC (mean over seeds; band: 95% interval)",
         title=f"{model}: hallucination probes",
     )
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
     return wide
 
 

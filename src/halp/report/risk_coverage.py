@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from halp.probe.headline import METADATA, best_probe
 from halp.probe.run import score_column
+from halp.report import figures
 
 GRID = np.round(np.arange(0.05, 1.0001, 0.05), 2)  # coverages the curves are drawn at
 AT = 0.8  # the coverage a single number is quoted at
@@ -129,17 +126,16 @@ def _verdict(label: str, results: dict[str, dict]) -> str:
 def _plot(model: str, results: dict[str, dict], everything: float, figure: Path, plot_data: Path) -> None:
     table = pd.DataFrame({label: r["curve"] for label, r in results.items()}, index=GRID)
     table.rename_axis("coverage").reset_index().to_csv(plot_data, index=False, float_format="%.5g")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figures.new()
     for label in table.columns:
         ax.plot(table.index, table[label], marker=".", label=label)
     ax.axhline(everything, linestyle="--", color="grey", linewidth=1)
     ax.axvline(AT, color="black", linewidth=0.5)
-    ax.set(
+    figures.save(
+        fig,
+        ax,
+        figure,
         xlabel="coverage (share of questions answered)",
         ylabel="hallucinated among the answered",
         title=f"{model}: risk-coverage (mean over test folds)",
     )
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(figure, dpi=120)
-    plt.close(fig)
