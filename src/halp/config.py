@@ -279,6 +279,9 @@ class LensSettings(_Section):
         Path("reports/lens"), description="a page per model: images and their tokens' words"
     )
     view_images: int = Field(6, ge=0, description="images shown on that page")
+    ground_truth: Path | None = Field(
+        None, description="what each image token's cell holds (the demo's cells.csv): scores the readings"
+    )
     out_dir: Path = Path("data/vision_tokens")
     metrics_dir: Path = Field(Path("metrics/vision_tokens"), description="per-layer means (DVC metrics)")
     plots_dir: Path = Field(Path("reports/vision_tokens"), description="the same by layer, for dvc plots")

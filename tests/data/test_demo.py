@@ -4,8 +4,9 @@ import random
 import re
 
 import pandas as pd
+from PIL import Image
 
-from halp.data.demo import CANVAS_SIZES, MECHANISMS_CSV, SMALLEST, generate_demo, scene
+from halp.data.demo import BACKGROUND, CANVAS_SIZES, CELLS_CSV, MECHANISMS_CSV, SMALLEST, generate_demo, scene
 from halp.data.schema import COLUMNS
 
 
@@ -54,3 +55,27 @@ def test_planted_mechanisms_are_graded_and_listed_for_every_question(tmp_path):
     # continuous ranges across what a model can see, not one invisible size or shade
     assert min(small) == SMALLEST and max(small) == max(normal) and len(set(small)) >= 8
     assert min(faint) < 0.15 and max(faint) > 0.9
+
+
+def test_every_cell_of_every_image_has_its_ground_truth(tmp_path):
+    """cells.csv: one row per 28-pixel cell (one merged image token), the shape drawn there or background."""
+    table = pd.read_csv(generate_demo(tmp_path, n_images=20, seed=0), keep_default_na=False)
+    cells = pd.read_csv(tmp_path / CELLS_CSV, keep_default_na=False)
+    for name, image_cells in cells.groupby("image_name"):
+        width, height = Image.open(tmp_path / "images" / name).size
+        assert len(image_cells) == (width // 28) * (height // 28)
+        description = table[table.image_name == name].description.iloc[0]
+        shapes = image_cells[image_cells.mechanism != "background"]
+        assert sorted(f"{s.colour} {s.kind}" for s in shapes.itertuples()) == sorted(
+            part.split(" at ")[0].removeprefix("a ").removeprefix("an ").removeprefix("small ")
+            for part in description.split("; ")
+        )
+        for s in shapes.itertuples():  # the shape's own colour is at the centre of its cell
+            centre = (
+                Image.open(tmp_path / "images" / name)
+                .convert("RGB")
+                .getpixel((s.col * 28 + 14, s.row * 28 + 14))
+            )
+            assert centre != BACKGROUND or s.mechanism == "small"
+    assert set(cells.mechanism) <= {"background", "clean", "faint", "small", "rare_combination"}
+    assert set(cells.image_name) == set(table.image_name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import chdir
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from halp.config import load_params
 from halp.guard.guard import Guard, GuardMismatch
+from halp.probe.metrics import auroc
+from halp.probe.run import load_labelled
+from halp.probe.splits import grouped_splits
 from halp.store import open_embeddings
 from tests.conftest import REPO, halp, make_workspace, set_params
 
@@ -105,11 +110,17 @@ def test_abstention_stops_flagged_questions_at_the_prefill(fitted):
 
 
 def test_a_reloaded_guard_gives_the_fitted_risks(fitted, guard):
-    emb, _, _ = stored(fitted, 1)
+    """The thresholds and the holdout AUROC were computed from the fitted probe's risks on its calibration
+    and holdout rows: the probe reloaded from safetensors must give them again."""
+    params = load_params(fitted / "params.yaml")
+    with chdir(fitted):
+        emb, y, groups = load_labelled(params, "demo_vlm")
+    _, calibration, holdout = grouped_splits(y, groups, 1)[0]
     card = guard.card
-    features = emb.get(card["representation"], card["layer"])
-    again = Guard.load(fitted / "models/guards/demo_vlm", loaded=guard.loaded)
-    np.testing.assert_array_equal(again.risk(features), guard.risk(features))
+    risk = guard.risk(emb.get(card["representation"], card["layer"]))
+    for coverage, threshold in card["thresholds"].items():
+        assert np.quantile(risk[calibration], float(coverage)) == pytest.approx(threshold, abs=1e-6)
+    assert auroc(y[holdout], risk[holdout]) == pytest.approx(card["holdout"]["auroc"], abs=1e-9)
 
 
 def test_a_guard_on_other_weights_is_refused_naming_both(fitted, tiny_dir, tmp_path, load_tiny):

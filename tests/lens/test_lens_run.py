@@ -6,12 +6,16 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
+import pytest
 import torch
 
 from halp.config import load_params
+from halp.data.corpus import read_corpus
 from halp.data.images import load_image
 from halp.extract.engine import Extractor
 from halp.lens.lenses import Lenses
+from halp.lens.words import Words
 from halp.models.loading import load_model
 from halp.store import open_bank, open_lens
 from tests.conftest import halp, set_params
@@ -21,7 +25,11 @@ MODEL = "qwen2_5_vl"
 
 def test_readings_metrics_and_page_for_every_image(workspace):
     set_params(
-        workspace, {"corpus": {"out": "corpus.txt", "sentences": 40}, "lens": {"corpus": "corpus.txt"}}
+        workspace,
+        {
+            "corpus": {"out": "corpus.txt", "sentences": 40},
+            "lens": {"corpus": "corpus.txt", "ground_truth": "demo/cells.csv"},
+        },
     )
     halp("prepare-corpus", cwd=workspace)
     halp("contextual-bank", "--model", MODEL, cwd=workspace)
@@ -46,6 +54,23 @@ def test_readings_metrics_and_page_for_every_image(workspace):
     assert metrics["n_images"] == len(readings.meta) and list(metrics["layers"]) == readings.layer_names
     for layer in metrics["layers"].values():
         assert np.isclose(sum(layer["top1_from_bank_layer"].values()), 1.0)
+    # Accuracy against the demo world, counted again by hand for one lens and layer: LatentLens' top-1
+    # word at block 0 naming the colour of the shape in the token's cell.
+    cells = pd.read_csv(workspace / "demo/cells.csv", keep_default_na=False).set_index(
+        ["image_name", "row", "col"]
+    )
+    words = Words(bank, read_corpus(workspace / "corpus.txt"), loaded.processor.tokenizer)
+    hits = []
+    for image, top in zip(readings.meta.itertuples(), readings.per_image("latent_rows"), strict=True):
+        for t in range(image.n_image_tokens):
+            cell = cells.loc[(image.image_id, t // image.grid_w, t % image.grid_w)]
+            if cell.mechanism != "background":
+                hits.append(words.of_rows(top[t, readings.layer_names.index("0"), :1])[0] == cell.colour)
+    accuracy = metrics["accuracy"]
+    share, low, high = accuracy["latent"]["0"]["shape_colour_top1"]
+    assert accuracy["tokens"]["shape"] == len(hits) and share == pytest.approx(np.mean(hits))
+    assert low <= share <= high and 0 < accuracy["chance"]["shape_colour_top1"] < 1
+    assert set(accuracy) == {"chance", "tokens", "latent", "embedding", "logit"}
     page = (workspace / "reports/lens" / f"{MODEL}.html").read_text()
     assert page.count('<img src="data:image/png;base64,') == min(6, len(readings.meta))
     assert page.count("<table>") == min(6, len(readings.meta)) * 5
@@ -56,7 +81,11 @@ def test_readings_metrics_and_page_for_every_image(workspace):
 
 def test_the_lens_refuses_a_half_built_or_foreign_bank_and_a_completed_bank_makes_it_stale(workspace):
     set_params(
-        workspace, {"corpus": {"out": "corpus.txt", "sentences": 40}, "lens": {"corpus": "corpus.txt"}}
+        workspace,
+        {
+            "corpus": {"out": "corpus.txt", "sentences": 40},
+            "lens": {"corpus": "corpus.txt", "ground_truth": "demo/cells.csv"},
+        },
     )
     halp("prepare-corpus", cwd=workspace)
     for model in ("qwen2_vl", MODEL):

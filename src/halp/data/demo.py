@@ -42,6 +42,7 @@ CANVAS_SIZES = ((84, 84), (112, 84), (84, 112))  # (width, height): 3x3, 4x3 and
 NORMAL_RADIUS = (9, 11)
 RARE = frozenset({("purple", "triangle"), ("orange", "square")})
 MECHANISMS_CSV = "mechanisms.csv"  # question_id -> the planted mechanism behind it, next to the questions
+CELLS_CSV = "cells.csv"  # image_name, row, col -> what that cell (one merged image token) holds
 
 
 @dataclass(frozen=True)
@@ -196,17 +197,40 @@ def questions(rng: random.Random, shapes: list[Shape]) -> list[Question]:
     return rows
 
 
+def cell_contents(image_name: str, size: tuple[int, int], shapes: list[Shape]) -> list[dict]:
+    """What every 28-pixel cell of one image holds (the ground truth of a merged image token there): its
+    shape's colour, kind and mechanism (small, faint, rare_combination or clean), or background."""
+    by_cell = {(s.cy // CELL, s.cx // CELL): s for s in shapes}
+    width, height = size
+    cells = []
+    for row in range(height // CELL):
+        for col in range(width // CELL):
+            s = by_cell.get((row, col))
+            held = {"colour": "", "kind": "", "mechanism": "background"}
+            if s is not None:
+                rare = (s.colour, s.kind) in RARE and s.mechanism == "clean"
+                held = {
+                    "colour": s.colour,
+                    "kind": s.kind,
+                    "mechanism": "rare_combination" if rare else s.mechanism,
+                }
+            cells.append({"image_name": image_name, "row": row, "col": col} | held)
+    return cells
+
+
 def generate_demo(out_dir: Path, n_images: int, seed: int) -> Path:
-    """Write images/, questions.csv and mechanisms.csv under out_dir; returns the questions' path."""
+    """Write images/, questions.csv, mechanisms.csv and cells.csv (every image token's ground truth) under
+    out_dir; returns the questions' path."""
     rng = random.Random(seed)
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    records = []
+    records, cells = [], []
     for i in range(n_images):
         size = CANVAS_SIZES[rng.randrange(len(CANVAS_SIZES))]
         shapes = scene(rng, size)
         image_name = f"demo_{i:05d}.png"
         draw(size, shapes).save(images_dir / image_name, format="PNG")
+        cells += cell_contents(image_name, size, shapes)
         description = _describe(shapes, size)
         for q in questions(rng, shapes):
             records.append(dict(image_name=image_name, description=description, has_image=True, **vars(q)))
@@ -215,5 +239,6 @@ def generate_demo(out_dir: Path, n_images: int, seed: int) -> Path:
     csv_path = out_dir / "questions.csv"
     table[list(COLUMNS)].to_csv(csv_path, index=False, lineterminator="\n")
     table[["question_id", "mechanism"]].to_csv(out_dir / MECHANISMS_CSV, index=False, lineterminator="\n")
+    pd.DataFrame(cells).to_csv(out_dir / CELLS_CSV, index=False, lineterminator="\n")
     log.info("demo dataset: %d images, %d questions -> %s", n_images, len(table), csv_path)
     return csv_path

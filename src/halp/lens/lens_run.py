@@ -13,11 +13,13 @@ from transformers import BatchFeature
 
 from halp import versions
 from halp.config import Params
+from halp.data.corpus import read_corpus
 from halp.extract.distributed import Rank
 from halp.extract.run import read_samples
 from halp.lens.lenses import Lenses, Readings
 from halp.lens.report import write_lens_outputs
 from halp.lens.run import VisionTokenRun, image_meta, run_over_images
+from halp.lens.words import Words
 from halp.models.fingerprint import model_fingerprint
 from halp.store.parts import LENS, LENS_ARRAYS, MANIFEST, Schema, config_hash
 from halp.store.reader import Bank, open_bank, open_lens
@@ -101,6 +103,21 @@ def own_bank(params: Params, model_name: str) -> Bank:
     return bank
 
 
+def read_ground_truth(path: Path | None) -> pd.DataFrame | None:
+    """What each image token's cell holds (image_name, row, col, colour, kind, mechanism), if known."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"lens.ground_truth {path} not found: run `halp prepare-data` or set it to null"
+        )
+    cells = pd.read_csv(path, dtype={"colour": str, "kind": str}, keep_default_na=False)
+    missing = {"image_name", "row", "col", "colour", "kind", "mechanism"} - set(cells.columns)
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {sorted(missing)}; it has {list(cells.columns)}")
+    return cells
+
+
 def lens(params: Params, model_name: str, wait: bool = False, remove_damaged: bool = False) -> Path:
     """Read every image token with the three lenses; then the metrics and the page."""
     if run := run_over_images(params, model_name, LensRun, wait, remove_damaged):
@@ -112,10 +129,12 @@ def lens(params: Params, model_name: str, wait: bool = False, remove_damaged: bo
             )
         settings = params.lens
         paths = read_samples(params.data.out).set_index("image_name").image_path.to_dict()
+        words = Words(run.bank, read_corpus(settings.corpus), run.loaded.processor.tokenizer)
         write_lens_outputs(
             readings,
             run.bank,
-            run.loaded.processor.tokenizer.decode,
+            words,
+            read_ground_truth(settings.ground_truth),
             paths,
             settings.lens_metrics_dir,
             settings.view_dir,

@@ -10,62 +10,50 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from halp.data.images import load_image
+from halp.lens.accuracy import lens_accuracy, top_words
 from halp.lens.lenses import METHODS
+from halp.lens.words import Words
 from halp.store.reader import Bank, LensReadings
 
 
-def token_strings(readings: LensReadings, bank: Bank, decode) -> dict[str, np.ndarray]:
+def token_strings(readings: LensReadings, words: Words) -> dict[str, np.ndarray]:
     """The top-1 word of each lens, [all tokens, 1 + L] per method, in `meta` order."""
-    bank_strings = bank.meta.token_string.to_numpy()
-    vocabulary = {}
-
-    def words(ids: np.ndarray) -> np.ndarray:
-        for i in np.unique(ids):
-            vocabulary.setdefault(int(i), decode([int(i)]))
-        return np.vectorize(vocabulary.__getitem__, otypes=[object])(ids)
-
-    top = {
-        name: np.concatenate(readings.per_image(name))[..., 0]
-        for name in ("latent_rows", "embedding_ids", "logit_ids")
-    }
-    return {
-        "latent": bank_strings[top["latent_rows"]],
-        "embedding": words(top["embedding_ids"]),
-        "logit": words(top["logit_ids"]),
-    }
+    return {m: found[..., 0] for m, found in top_words(readings, words, 1).items()}
 
 
-def lens_metrics(readings: LensReadings, bank: Bank, decode) -> dict:
+def lens_metrics(readings: LensReadings, bank: Bank, words: Words, cells: pd.DataFrame | None) -> dict:
     """Per visual layer: each lens's mean top-1 score (cosine; the logit lens's probability), how often two
-    lenses' top-1 words agree, and which bank layer supplies LatentLens' top-1 neighbour how often."""
+    lenses' top-1 words agree, and which bank layer supplies LatentLens' top-1 neighbour how often; with
+    ground truth (`cells`), whether the words name what each token's cell holds (`accuracy`)."""
     scores = {m: np.concatenate(readings.per_image(f"{m}_scores"))[..., 0] for m in METHODS}
     source = np.concatenate(readings.per_image("latent_layers"))[..., 0]  # [T, 1 + L]
-    words = {
-        m: np.char.lower(np.char.strip(v.astype(str)))
-        for m, v in token_strings(readings, bank, decode).items()
-    }
+    top1 = token_strings(readings, words)
     layers = {}
     for j, name in enumerate(readings.layer_names):
         layers[name] = {
             "top1_latent_cosine": float(scores["latent"][:, j].mean()),
             "top1_embedding_cosine": float(scores["embedding"][:, j].mean()),
             "top1_logit_probability": float(scores["logit"][:, j].mean()),
-            "agree_latent_embedding": float((words["latent"][:, j] == words["embedding"][:, j]).mean()),
-            "agree_latent_logit": float((words["latent"][:, j] == words["logit"][:, j]).mean()),
-            "agree_embedding_logit": float((words["embedding"][:, j] == words["logit"][:, j]).mean()),
+            "agree_latent_embedding": float((top1["latent"][:, j] == top1["embedding"][:, j]).mean()),
+            "agree_latent_logit": float((top1["latent"][:, j] == top1["logit"][:, j]).mean()),
+            "agree_embedding_logit": float((top1["embedding"][:, j] == top1["logit"][:, j]).mean()),
             "top1_from_bank_layer": {
                 str(b): float((source[:, j] == i).mean()) for i, b in enumerate(bank.layers)
             },
         }
-    return {
+    metrics = {
         "model": readings.attrs["model_name"],
         "n_images": len(readings.meta),
         "n_image_tokens": int(readings.meta.n_image_tokens.sum()),
         "bank_layers": bank.layers,
         "layers": layers,
     }
+    if cells is not None and (accuracy := lens_accuracy(readings, words, cells))["tokens"]["shape"]:
+        metrics["accuracy"] = accuracy  # none where the model's token grid is not the demo's cell grid
+    return metrics
 
 
 def _image_tag(path: str) -> str:
@@ -77,10 +65,10 @@ def _image_tag(path: str) -> str:
     return f'<img src="data:image/png;base64,{data}" width="{width}" style="image-rendering:pixelated">'
 
 
-def lens_page(readings: LensReadings, bank: Bank, decode, image_paths: dict[str, str], n_images: int) -> str:
+def lens_page(readings: LensReadings, words: Words, image_paths: dict[str, str], n_images: int) -> str:
     """HTML: for each of the first images, the image and, per layer, its tokens laid out as the model's
     token grid (where the processor gives one), each cell LatentLens' top word, the others on hover."""
-    words = token_strings(readings, bank, decode)
+    words = token_strings(readings, words)
     offsets = np.concatenate([[0], np.cumsum(readings.meta.n_image_tokens)])
     sections = []
     for i, row in readings.meta.head(n_images).iterrows():
@@ -118,7 +106,8 @@ def lens_page(readings: LensReadings, bank: Bank, decode, image_paths: dict[str,
 def write_lens_outputs(
     readings: LensReadings,
     bank: Bank,
-    decode,
+    words: Words,
+    cells: pd.DataFrame | None,
     image_paths: dict[str, str],
     metrics_dir: Path,
     view_dir: Path,
@@ -127,6 +116,6 @@ def write_lens_outputs(
     name = readings.attrs["model_name"]
     metrics_dir.mkdir(parents=True, exist_ok=True)
     view_dir.mkdir(parents=True, exist_ok=True)
-    metrics = lens_metrics(readings, bank, decode)
+    metrics = lens_metrics(readings, bank, words, cells)
     (metrics_dir / f"{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (view_dir / f"{name}.html").write_text(lens_page(readings, bank, decode, image_paths, n_images))
+    (view_dir / f"{name}.html").write_text(lens_page(readings, words, image_paths, n_images))
