@@ -14,6 +14,7 @@ from halp.config import load_params
 from halp.data.corpus import read_corpus
 from halp.data.images import load_image
 from halp.extract.engine import Extractor
+from halp.lens.accuracy import asked_shapes
 from halp.lens.lenses import Lenses
 from halp.lens.words import Words
 from halp.models.loading import load_model
@@ -33,7 +34,8 @@ def test_readings_metrics_and_page_for_every_image(workspace):
     )
     halp("prepare-corpus", cwd=workspace)
     halp("contextual-bank", "--model", MODEL, cwd=workspace)
-    halp("lens", "--model", MODEL, cwd=workspace)
+    for command in ("extract", "label", "lens"):  # the labels join the readings with the answers
+        halp(command, "--model", MODEL, cwd=workspace)
     readings = open_lens(workspace / "data/lens" / MODEL)
     bank = open_bank(workspace / "data/banks" / MODEL)
     assert readings.layer_names == ["input", "0", "1", "2", "3"] and readings.errors.empty
@@ -71,6 +73,10 @@ def test_readings_metrics_and_page_for_every_image(workspace):
     assert accuracy["tokens"]["shape"] == len(hits) and share == pytest.approx(np.mean(hits))
     assert low <= share <= high and 0 < accuracy["chance"]["shape_colour_top1"] < 1
     assert set(accuracy) == {"chance", "tokens", "latent", "embedding", "logit"}
+    samples = pd.read_csv(workspace / "sampled/samples.csv", keep_default_na=False)
+    asked = asked_shapes(samples[samples.image_name.isin(readings.meta.image_id)])
+    misses = metrics["model_misses"]["latent"]["0"]
+    assert sum(side[1] for groups in misses.values() for side in groups.values()) == len(asked)
     page = (workspace / "reports/lens" / f"{MODEL}.html").read_text()
     assert page.count('<img src="data:image/png;base64,') == min(6, len(readings.meta))
     assert page.count("<table>") == min(6, len(readings.meta)) * 5

@@ -9,6 +9,8 @@ and each against chance: words drawn by the bank's own word frequencies.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -121,4 +123,76 @@ def lens_accuracy(
                     no_shape_word[is_background], image[is_background], resamples
                 )
             result[lens][layer] = metrics
+    return result
+
+
+ASKED = (  # the demo's questions about a shape that is there: (pattern, whether it names the colour)
+    (re.compile(r"^Is there an? (?P<colour>\w+) (?P<kind>\w+) in the image\?$"), True),
+    (re.compile(r"^What color is the (?P<kind>\w+)\?$"), False),
+)
+
+
+def asked_shapes(questions: pd.DataFrame) -> pd.DataFrame:
+    """question_id, image_name, colour, kind of each demo question about a shape in the image: existence
+    questions answered yes, and colour questions (their answer is the colour)."""
+    rows = []
+    for q in questions.itertuples():
+        for pattern, names_colour in ASKED:
+            if (m := pattern.match(q.question)) and (not names_colour or q.gt_answer == "yes"):
+                colour = m["colour"] if names_colour else q.gt_answer
+                rows.append(
+                    {
+                        "question_id": q.question_id,
+                        "image_name": q.image_name,
+                        "colour": colour,
+                        "kind": m["kind"],
+                    }
+                )
+    return pd.DataFrame(rows, columns=["question_id", "image_name", "colour", "kind"])
+
+
+def model_misses(
+    readings: LensReadings,
+    words: Words,
+    cells: pd.DataFrame,
+    questions: pd.DataFrame,
+    hallucinated: pd.Series,
+) -> dict:
+    """For the questions about a shape in the image, per lens, layer and the shape's mechanism: of the
+    answers the model got wrong, and of those it got right, the share where the lens's top-5 words at the
+    shape's token name its colour (wrong but named: the information was there and went unused).
+    {lens: {layer: {mechanism: {"wrong": [share, n], "right": [share, n]}}}}"""
+    truth = token_truth(readings, cells).assign(token=lambda t: t.groupby("image").cumcount())
+    first_token = dict(
+        zip(
+            readings.meta.image_id,
+            np.concatenate([[0], np.cumsum(readings.meta.n_image_tokens)[:-1]]),
+            strict=True,
+        )
+    )
+    grid_w = dict(zip(readings.meta.image_id, readings.meta.grid_w, strict=True))
+    asked = asked_shapes(questions)
+    asked = asked[asked.image_name.isin(first_token) & asked.question_id.isin(hallucinated.index)]
+    placed = cells.merge(asked, on=["image_name", "colour", "kind"])
+    placed["token"] = [
+        first_token[i] + r * grid_w[i] + c
+        for i, r, c in zip(placed.image_name, placed.row, placed.col, strict=True)
+    ]
+    placed = placed[
+        truth.mechanism.to_numpy()[placed.token] == placed.mechanism.to_numpy()
+    ]  # the grid is the cells'
+    wrong = hallucinated.loc[placed.question_id].to_numpy().astype(bool)
+    result: dict = {}
+    for lens, found in top_words(readings, words, 5).items():
+        result[lens] = {}
+        for j, layer in enumerate(readings.layer_names):
+            named = (found[placed.token.to_numpy(), j, :] == placed.colour.to_numpy()[:, None]).any(axis=1)
+            result[lens][layer] = {
+                m: {
+                    side: [float(named[inside].mean()) if inside.any() else None, int(inside.sum())]
+                    for side, inside in (("wrong", rows & wrong), ("right", rows & ~wrong))
+                }
+                for m in sorted(set(placed.mechanism))
+                if (rows := (placed.mechanism == m).to_numpy()).any()
+            }
     return result

@@ -16,6 +16,7 @@ from halp.config import Params
 from halp.data.corpus import read_corpus
 from halp.extract.distributed import Rank
 from halp.extract.run import read_samples
+from halp.label.run import read_verdicts
 from halp.lens.lenses import Lenses, Readings
 from halp.lens.report import write_lens_outputs
 from halp.lens.run import VisionTokenRun, image_meta, run_over_images
@@ -128,13 +129,17 @@ def lens(params: Params, model_name: str, wait: bool = False, remove_damaged: bo
                 f"{readings.errors.message.iloc[0]}): nothing to show"
             )
         settings = params.lens
-        paths = read_samples(params.data.out).set_index("image_name").image_path.to_dict()
+        samples = read_samples(params.data.out)
+        paths = samples.set_index("image_name").image_path.to_dict()
         words = Words(run.bank, read_corpus(settings.corpus), run.loaded.processor.tokenizer)
+        labels = params.label.out_dir / f"{model_name}.csv"
+        answers = (samples, read_verdicts(labels, "sample_id", "hallucinated")) if labels.is_file() else None
         write_lens_outputs(
             readings,
             run.bank,
             words,
             read_ground_truth(settings.ground_truth),
+            answers,
             paths,
             settings.lens_metrics_dir,
             settings.view_dir,

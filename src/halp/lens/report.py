@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from halp.data.images import load_image
-from halp.lens.accuracy import lens_accuracy, top_words
+from halp.lens.accuracy import lens_accuracy, model_misses, top_words
 from halp.lens.lenses import METHODS
 from halp.lens.words import Words
 from halp.store.reader import Bank, LensReadings
@@ -24,10 +24,17 @@ def token_strings(readings: LensReadings, words: Words) -> dict[str, np.ndarray]
     return {m: found[..., 0] for m, found in top_words(readings, words, 1).items()}
 
 
-def lens_metrics(readings: LensReadings, bank: Bank, words: Words, cells: pd.DataFrame | None) -> dict:
+def lens_metrics(
+    readings: LensReadings,
+    bank: Bank,
+    words: Words,
+    cells: pd.DataFrame | None,
+    answers: tuple[pd.DataFrame, pd.Series] | None = None,
+) -> dict:
     """Per visual layer: each lens's mean top-1 score (cosine; the logit lens's probability), how often two
     lenses' top-1 words agree, and which bank layer supplies LatentLens' top-1 neighbour how often; with
-    ground truth (`cells`), whether the words name what each token's cell holds (`accuracy`)."""
+    ground truth (`cells`), whether the words name what each token's cell holds (`accuracy`), and with the
+    model's answers (questions, hallucinated by question id) whether they do where it answered wrong."""
     scores = {m: np.concatenate(readings.per_image(f"{m}_scores"))[..., 0] for m in METHODS}
     source = np.concatenate(readings.per_image("latent_layers"))[..., 0]  # [T, 1 + L]
     top1 = token_strings(readings, words)
@@ -53,6 +60,8 @@ def lens_metrics(readings: LensReadings, bank: Bank, words: Words, cells: pd.Dat
     }
     if cells is not None and (accuracy := lens_accuracy(readings, words, cells))["tokens"]["shape"]:
         metrics["accuracy"] = accuracy  # none where the model's token grid is not the demo's cell grid
+        if answers is not None:
+            metrics["model_misses"] = model_misses(readings, words, cells, *answers)
     return metrics
 
 
@@ -108,6 +117,7 @@ def write_lens_outputs(
     bank: Bank,
     words: Words,
     cells: pd.DataFrame | None,
+    answers: tuple[pd.DataFrame, pd.Series] | None,
     image_paths: dict[str, str],
     metrics_dir: Path,
     view_dir: Path,
@@ -116,6 +126,6 @@ def write_lens_outputs(
     name = readings.attrs["model_name"]
     metrics_dir.mkdir(parents=True, exist_ok=True)
     view_dir.mkdir(parents=True, exist_ok=True)
-    metrics = lens_metrics(readings, bank, words, cells)
+    metrics = lens_metrics(readings, bank, words, cells, answers)
     (metrics_dir / f"{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (view_dir / f"{name}.html").write_text(lens_page(readings, words, image_paths, n_images))
