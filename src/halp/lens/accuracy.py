@@ -1,10 +1,12 @@
 """Do the lenses read what is in the image? Scored against the demo world's ground truth (which shape,
 colour and mechanism every image token's 28-pixel cell holds, `data/demo/cells.csv`), per lens and layer.
 
-Of the tokens whose cell holds a shape: the share whose top-1 / top-5 words name its colour, its kind, or
-either; of background tokens: the share whose top-1 / top-5 words name no colour and no shape at all.
-Each with a 95% interval from resampling images, each shape share also within each planted mechanism,
-and each against chance: words drawn by the bank's own word frequencies.
+Of the tokens whose cell holds a shape: the share whose top-1 / top-5 words name its colour, its kind,
+either, or any colour or shape word at all (the lens sees that something is there); of background
+tokens: the share whose top-1 / top-5 words name no colour and no shape at all. Each with a 95% interval
+from resampling images, each shape share also within each planted mechanism, and each against chance:
+words drawn by the bank's own word frequencies, and a reading that always names the commonest colour
+(kind) of the shapes.
 """
 
 from __future__ import annotations
@@ -77,7 +79,11 @@ def chance(truth: pd.DataFrame, frequencies: dict[str, float]) -> dict[str, floa
     for k in TOP:
         for name, p in (("colour", p_colour), ("kind", p_kind), ("either", p_colour + p_kind)):
             found[f"shape_{name}_top{k}"] = float(np.mean(1 - (1 - p) ** k)) if len(p) else float("nan")
+        found[f"shape_any_top{k}"] = float(1 - (1 - p_shape_word) ** k)
         found[f"background_top{k}"] = float((1 - p_shape_word) ** k)
+    # A reading that always says the commonest colour (kind) of the shapes: what naming it right is worth
+    for name in ("colour", "kind"):
+        found[f"shape_{name}_top1_constant"] = float(shapes[name].value_counts(normalize=True).max())
     return found
 
 
@@ -113,6 +119,7 @@ def lens_accuracy(
                     "kind": (top == kind[:, None]).any(axis=1),
                 }
                 hits["either"] = hits["colour"] | hits["kind"]
+                hits["any"] = np.isin(top, list(SHAPE_WORDS)).any(axis=1)  # some colour or shape at all
                 for name, hit in hits.items():
                     metrics[f"shape_{name}_top{k}"] = _share(hit[is_shape], image[is_shape], resamples)
                     for m in mechanisms:
