@@ -78,8 +78,11 @@ def test_readings_metrics_and_page_for_every_image(workspace):
     misses = metrics["model_misses"]["latent"]["0"]
     assert sum(side[1] for groups in misses.values() for side in groups.values()) == len(asked)
     page = (workspace / "reports/lens" / f"{MODEL}.html").read_text()
-    assert page.count('<img src="data:image/png;base64,') == min(6, len(readings.meta))
-    assert page.count("<table>") == min(6, len(readings.meta)) * 5
+    shown = min(6, len(readings.meta))
+    assert page.count('class="picture"') == shown and page.count('class="grid"') == shown * 5 * 3
+    assert page.count("<option") == 5 + 3, "a layer selector and a lens selector"
+    marked = page.count('class="cell right"') + page.count('class="cell wrong"')
+    assert marked == readings.meta.head(shown).n_image_tokens.sum() * 5 * 3, "every cell's truth is known"
 
     again = halp("lens", "--model", MODEL, cwd=workspace)
     assert "already done" in again.stderr

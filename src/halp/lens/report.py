@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from halp.data.images import load_image
-from halp.lens.accuracy import lens_accuracy, model_misses, top_words
+from halp.lens.accuracy import SHAPE_WORDS, lens_accuracy, model_misses, token_truth, top_words
 from halp.lens.lenses import METHODS
 from halp.lens.words import Words
 from halp.store.reader import Bank, LensReadings
@@ -65,51 +65,112 @@ def lens_metrics(
     return metrics
 
 
-def _image_tag(path: str) -> str:
+def _image_data(path: str) -> tuple[str, int, int]:
     buffer = io.BytesIO()
     image = load_image(path)
     image.save(buffer, format="PNG")
-    width = 224 if image.width >= image.height else round(224 * image.width / image.height)
-    data = base64.b64encode(buffer.getvalue()).decode()
-    return f'<img src="data:image/png;base64,{data}" width="{width}" style="image-rendering:pixelated">'
+    return base64.b64encode(buffer.getvalue()).decode(), image.width, image.height
 
 
-def lens_page(readings: LensReadings, words: Words, image_paths: dict[str, str], n_images: int) -> str:
-    """HTML: for each of the first images, the image and, per layer, its tokens laid out as the model's
-    token grid (where the processor gives one), each cell LatentLens' top word, the others on hover."""
-    words = token_strings(readings, words)
+def _mark(word: str, truth: pd.Series) -> str:
+    """right / wrong where the cell's content is known: a shape cell is read right when the word names its
+    colour or kind, a background cell when the word names no colour or shape."""
+    if truth.mechanism is None or pd.isna(truth.mechanism):
+        return ""
+    if truth.mechanism == "background":
+        return "wrong" if word in SHAPE_WORDS else "right"
+    return "right" if word in (truth.colour, truth.kind) else "wrong"
+
+
+SCALE = 4  # the demo's 84-pixel images are drawn 4x, pixelated, so a cell's word fits on it
+
+
+def lens_page(
+    readings: LensReadings,
+    words: Words,
+    image_paths: dict[str, str],
+    n_images: int,
+    cells: pd.DataFrame | None = None,
+) -> str:
+    """HTML: each of the first images with its token grid drawn over it, each cell the top-1 word of the
+    chosen lens at the chosen layer (selectors at the top), marked right or wrong where the ground truth
+    (`cells`) knows what the cell holds; every lens's top words on hover."""
+    top1 = token_strings(readings, words)
+    top5 = top_words(readings, words, 5)
+    truth = token_truth(readings, cells) if cells is not None else None
     offsets = np.concatenate([[0], np.cumsum(readings.meta.n_image_tokens)])
     sections = []
     for i, row in readings.meta.head(n_images).iterrows():
         tokens = range(offsets[i], offsets[i + 1])
-        width = row.grid_w if row.grid_t * row.grid_h * row.grid_w == len(tokens) else min(len(tokens), 16)
-        tables = []
+        on_grid = row.grid_t == 1 and row.grid_h * row.grid_w == len(tokens)
+        columns, rows = (row.grid_w, row.grid_h) if on_grid else (min(len(tokens), 16), -(-len(tokens) // 16))
+        data, width, height = _image_data(image_paths[row.image_id])
+        overlays = []
         for j, layer in enumerate(readings.layer_names):
-            cells = [
-                f'<td title="{html.escape(" | ".join(f"{m}: {words[m][t, j]!s}" for m in words))}">'
-                f"{html.escape(str(words['latent'][t, j]).strip())}</td>"
-                for t in tokens
-            ]
-            rows = "".join(f"<tr>{''.join(cells[k : k + width])}</tr>" for k in range(0, len(cells), width))
-            title = "the LM's input" if layer == "input" else f"block {layer}"
-            tables.append(f"<div class=layer><b>{title}</b><table>{rows}</table></div>")
-        sections.append(
-            f"<section><h2>{html.escape(row.image_id)}</h2>{_image_tag(image_paths[row.image_id])}"
-            f"<div class=layers>{''.join(tables)}</div></section>"
+            for lens in METHODS:
+                cells_html = []
+                for t in tokens:
+                    word = str(top1[lens][t, j])
+                    mark = _mark(word, truth.iloc[t]) if truth is not None else ""
+                    hover = " | ".join(f"{m}: {', '.join(map(str, top5[m][t, j]))}" for m in METHODS)
+                    cells_html.append(
+                        f'<div class="cell {mark}" title="{html.escape(hover)}">{html.escape(word)}</div>'
+                    )
+                overlays.append(
+                    f'<div class="grid" data-layer="{layer}" data-lens="{lens}" '
+                    f'style="grid-template-columns:repeat({columns},1fr);grid-template-rows:repeat({rows},1fr)">'
+                    f"{''.join(cells_html)}</div>"
+                )
+        picture = (
+            f'<div class="picture" style="width:{width * SCALE}px;height:{height * SCALE}px;'
+            f'background-image:url(data:image/png;base64,{data})">{"".join(overlays)}</div>'
         )
+        sections.append(
+            f"<section><h2>{html.escape(row.image_id)}: {html.escape(row.question)}</h2>{picture}</section>"
+        )
+    options = "".join(
+        f'<option value="{layer}">{LM_INPUT if layer == "input" else f"block {layer}"}</option>'
+        for layer in readings.layer_names
+    )
+    lenses = "".join(f'<option value="{m}">{LENS_NAMES[m]}</option>' for m in METHODS)
     style = (
-        "body{font-family:sans-serif;margin:1em}section{margin-bottom:2em}.layers{display:flex;flex-wrap:wrap;"
-        "gap:1em}table{border-collapse:collapse}td{border:1px solid #ccc;padding:2px 4px;font-size:12px;"
-        "min-width:3em;text-align:center}"
+        "body{font-family:sans-serif;margin:1em}section{margin-bottom:1.5em}h2{font-size:14px}"
+        ".picture{position:relative;background-size:100% 100%;image-rendering:pixelated}"
+        ".grid{position:absolute;inset:0;display:none}.grid.shown{display:grid}"
+        ".cell{display:flex;align-items:center;justify-content:center;font-size:13px;color:#000;"
+        "text-shadow:0 0 3px #fff,0 0 3px #fff;border:1px dashed rgba(0,0,0,.25)}"
+        ".cell.right{border:3px solid #1a9641}.cell.wrong{border:3px solid #d7191c}"
+        ".legend span{padding:0 .5em;margin-right:1em}"
+    )
+    script = (
+        "function show(){const l=document.getElementById('layer').value,"
+        "m=document.getElementById('lens').value;"
+        "document.querySelectorAll('.grid').forEach(g=>g.classList.toggle('shown',"
+        "g.dataset.layer===l&&g.dataset.lens===m));}"
+        "const asked=new URLSearchParams(location.hash.slice(1));"  # e.g. NAME.html#layer=3&lens=logit
+        "document.querySelectorAll('select').forEach(s=>{if(asked.has(s.id))s.value=asked.get(s.id);"
+        "s.onchange=show;});show();"
     )
     model = html.escape(readings.attrs["model_name"])
+    legend = (
+        '<p class="legend"><span style="border:3px solid #1a9641">names what the cell holds</span>'
+        '<span style="border:3px solid #d7191c">does not</span> (a shape cell: its colour or kind; '
+        "background: no colour or shape word). Hover a cell for every lens's top 5.</p>"
+        if truth is not None
+        else "<p>Hover a cell for every lens's top 5.</p>"
+    )
     intro = (
-        f"<h1>{model}: what each image token means, layer by layer</h1><p>Each cell is one image token, laid "
-        "out as the model's token grid; it shows LatentLens' nearest word (the contextual bank, all bank "
-        "layers); hover for EmbeddingLens and LogitLens.</p>"
+        f"<h1>{model}: what each image token means, layer by layer</h1><p>Each image is drawn with the "
+        "model's token grid over it; each cell shows the chosen lens's nearest word (as a whole word) for "
+        f"that token at the chosen layer.</p><p>Layer <select id=layer>{options}</select> lens "
+        f"<select id=lens>{lenses}</select></p>{legend}"
     )
     head = f"<!doctype html><meta charset=utf-8><title>{model} lens</title><style>{style}</style>"
-    return head + intro + "".join(sections)
+    return head + intro + "".join(sections) + f"<script>{script}</script>"
+
+
+LM_INPUT = "the LM's input"
+LENS_NAMES = {"latent": "LatentLens (contextual bank)", "embedding": "EmbeddingLens", "logit": "LogitLens"}
 
 
 def write_lens_outputs(
@@ -128,4 +189,4 @@ def write_lens_outputs(
     view_dir.mkdir(parents=True, exist_ok=True)
     metrics = lens_metrics(readings, bank, words, cells, answers)
     (metrics_dir / f"{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (view_dir / f"{name}.html").write_text(lens_page(readings, words, image_paths, n_images))
+    (view_dir / f"{name}.html").write_text(lens_page(readings, words, image_paths, n_images, cells))
