@@ -183,6 +183,17 @@ class LLMJudgeSettings(_Section):
     )
 
 
+class LensJudgeSettings(LLMJudgeSettings):
+    """The lens's optional judge: a multimodal chat endpoint shown a token's patch and a lens's top words."""
+
+    prompt: str = (
+        "The image is one patch of a larger image. A method that reads what a vision-language model sees "
+        "in this patch proposes these words: {words}. Does any of them describe what the patch shows (an "
+        "object, its colour or shape, or plain background)? Reply YES or NO first, then one sentence why."
+    )
+    tokens: int = Field(50, ge=1, description="tokens judged (a seeded draw), each for every lens and layer")
+
+
 class LabelSettings(_Section):
     judge: Literal["rules", "ratio", "llm"] = "rules"
     ratio_threshold: float = Field(0.5, ge=0, le=1)
@@ -279,6 +290,11 @@ class LensSettings(_Section):
         Path("reports/lens"), description="a page per model: images and their tokens' words"
     )
     view_images: int = Field(6, ge=0, description="images shown on that page")
+    judge: Literal["none", "llm"] = Field(
+        "none",
+        description="llm: ask lens.llm whether a token's top words describe its patch (no ground truth)",
+    )
+    llm: LensJudgeSettings = LensJudgeSettings()
     ground_truth: Path | None = Field(
         None, description="what each image token's cell holds (the demo's cells.csv): scores the readings"
     )

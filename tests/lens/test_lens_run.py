@@ -20,6 +20,7 @@ from halp.lens.words import Words
 from halp.models.loading import load_model
 from halp.store import open_bank, open_lens
 from tests.conftest import halp, set_params
+from tests.lens.test_judge import judge_server
 
 MODEL = "qwen2_5_vl"
 
@@ -86,6 +87,16 @@ def test_readings_metrics_and_page_for_every_image(workspace):
 
     again = halp("lens", "--model", MODEL, cwd=workspace)
     assert "already done" in again.stderr
+
+    # With an LLM judge (a local server here): 3 tokens, each judged for every lens at every layer.
+    seen = []
+    with judge_server(seen) as url:
+        set_params(workspace, {"lens.judge": "llm", "lens.llm": {"url": url, "tokens": 3}})
+        halp("lens", "--model", MODEL, cwd=workspace)
+    judged = json.loads((workspace / "metrics/lens" / f"{MODEL}.json").read_text())["judge"]
+    assert judged["tokens"] == 3 and len(judged["judgements"]) == len(seen) == 3 * 5 * 3
+    assert all(j["describes"] == ("red" in j["words"]) and j["reason"] for j in judged["judgements"])
+    assert set(judged["share"]) == {"latent", "embedding", "logit"}
 
 
 def test_the_lens_refuses_a_half_built_or_foreign_bank_and_a_completed_bank_makes_it_stale(workspace):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Protocol
+
+from halp.llm import chat, first_word
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NON_WORD = re.compile(r"[^\w\s]")
@@ -101,22 +100,9 @@ class LLMJudge:
 
     def __call__(self, question: str, answer: str, ground_truth: str, category: str) -> Verdict:
         content = self.prompt.format(question=question, answer=answer, ground_truth=ground_truth)
-        body = {"model": self.model, "temperature": 0, "messages": [{"role": "user", "content": content}]}
-        request = urllib.request.Request(
-            self.url.rstrip("/") + "/chat/completions",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}
-            | ({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                reply = json.load(response)["choices"][0]["message"]["content"].strip()
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            raise ConnectionError(
-                f"the LLM judge at {self.url} cannot be reached ({getattr(err, 'reason', err)}): start it, "
-                "fix label.llm.url in params.yaml, or use label.judge: rules"
-            ) from None
-        word = reply.upper().split()[0].strip(".:,") if reply else ""
+        fix = "start it, fix label.llm.url in params.yaml, or use label.judge: rules"
+        reply = chat(self.url, self.model, content, self.api_key, self.timeout_s, fix)
+        word = first_word(reply)
         if word not in ("HALLUCINATED", "CORRECT"):
             raise ValueError(f"LLM judge replied {reply[:80]!r}; expected HALLUCINATED or CORRECT first")
         return Verdict(word == "HALLUCINATED", f"llm: {reply[:200]}")

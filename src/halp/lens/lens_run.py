@@ -3,7 +3,9 @@ from one prefill pass per batch of images (the vision-tokens run, searching inst
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from halp.data.corpus import read_corpus
 from halp.extract.distributed import Rank
 from halp.extract.run import read_samples
 from halp.label.run import read_verdicts
+from halp.lens.judge import LensJudge, judge_readings
 from halp.lens.lenses import Lenses, Readings
 from halp.lens.report import write_lens_outputs
 from halp.lens.run import VisionTokenRun, image_meta, run_over_images
@@ -134,12 +137,25 @@ def lens(params: Params, model_name: str, wait: bool = False, remove_damaged: bo
         words = Words(run.bank, read_corpus(settings.corpus), run.loaded.processor.tokenizer)
         labels = params.label.out_dir / f"{model_name}.csv"
         answers = (samples, read_verdicts(labels, "sample_id", "hallucinated")) if labels.is_file() else None
+        judged = None
+        if settings.judge == "llm":
+            llm = settings.llm
+            judge = LensJudge(llm.url, llm.model, llm.prompt, os.environ.get(llm.api_key_env, ""))
+            judged = partial(
+                judge_readings,
+                readings,
+                image_paths=paths,
+                judge=judge,
+                n_tokens=llm.tokens,
+                seed=settings.seed,
+            )
         write_lens_outputs(
             readings,
             run.bank,
             words,
             read_ground_truth(settings.ground_truth),
             answers,
+            judged,
             paths,
             settings.lens_metrics_dir,
             settings.view_dir,

@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,13 @@ def lens_metrics(
     words: Words,
     cells: pd.DataFrame | None,
     answers: tuple[pd.DataFrame, pd.Series] | None = None,
+    judged: Callable[[Words], dict] | None = None,
 ) -> dict:
     """Per visual layer: each lens's mean top-1 score (cosine; the logit lens's probability), how often two
     lenses' top-1 words agree, and which bank layer supplies LatentLens' top-1 neighbour how often; with
     ground truth (`cells`), whether the words name what each token's cell holds (`accuracy`), and with the
-    model's answers (questions, hallucinated by question id) whether they do where it answered wrong."""
+    model's answers (questions, hallucinated by question id) whether they do where it answered wrong; with
+    `judged`, an LLM judge's verdicts on the readings (`halp.lens.judge`)."""
     scores = {m: np.concatenate(readings.per_image(f"{m}_scores"))[..., 0] for m in METHODS}
     source = np.concatenate(readings.per_image("latent_layers"))[..., 0]  # [T, 1 + L]
     top1 = token_strings(readings, words)
@@ -62,6 +65,8 @@ def lens_metrics(
         metrics["accuracy"] = accuracy  # none where the model's token grid is not the demo's cell grid
         if answers is not None:
             metrics["model_misses"] = model_misses(readings, words, cells, *answers)
+    if judged is not None:
+        metrics["judge"] = judged(words)
     return metrics
 
 
@@ -179,6 +184,7 @@ def write_lens_outputs(
     words: Words,
     cells: pd.DataFrame | None,
     answers: tuple[pd.DataFrame, pd.Series] | None,
+    judged: Callable[[Words], dict] | None,
     image_paths: dict[str, str],
     metrics_dir: Path,
     view_dir: Path,
@@ -187,6 +193,6 @@ def write_lens_outputs(
     name = readings.attrs["model_name"]
     metrics_dir.mkdir(parents=True, exist_ok=True)
     view_dir.mkdir(parents=True, exist_ok=True)
-    metrics = lens_metrics(readings, bank, words, cells, answers)
+    metrics = lens_metrics(readings, bank, words, cells, answers, judged)
     (metrics_dir / f"{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (view_dir / f"{name}.html").write_text(lens_page(readings, words, image_paths, n_images, cells))
