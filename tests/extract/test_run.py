@@ -30,6 +30,14 @@ def all_arrays(folder: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def extract_eight(workspace: Path, model: str) -> Path:
+    """`halp extract` of 8 sampled questions (two parts of 4); returns the model's folder."""
+    set_params(workspace, {"data.sample_size": 8})
+    halp("sample", cwd=workspace)
+    halp("extract", "--model", model, cwd=workspace)
+    return workspace / "embeddings" / model
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_arrays(workspace):
     model = "qwen2_5_vl"
@@ -110,10 +118,7 @@ def test_faulty_images_become_error_rows_and_the_run_goes_on(workspace):
 
 def test_a_truncated_part_is_named_and_recomputed_with_remove_damaged(workspace):
     model = "qwen2_vl"
-    set_params(workspace, {"data.sample_size": 8})
-    halp("sample", cwd=workspace)
-    halp("extract", "--model", model, cwd=workspace)
-    folder = workspace / "embeddings" / model
+    folder = extract_eight(workspace, model)
     reference = all_arrays(folder)
     first, *others = sorted(folder.glob("part-*.h5"))
     assert others, "the test needs a part that stays whole"
@@ -256,10 +261,7 @@ def test_ctrl_c_says_what_was_kept_and_the_rerun_goes_on(workspace):
 
 def test_a_replaced_image_is_extracted_again_and_only_it(workspace):
     model = "qwen2_vl"
-    set_params(workspace, {"data.sample_size": 8})
-    halp("sample", cwd=workspace)
-    halp("extract", "--model", model, cwd=workspace)
-    folder = workspace / "embeddings" / model
+    folder = extract_eight(workspace, model)
     before = open_embeddings(folder)
     old_vf = dict(zip(before.meta.sample_id, before.get("vision_only"), strict=True))
     image = before.meta.image_id[0]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pandas as pd
 import pytest
@@ -13,6 +10,7 @@ import pytest
 from halp.data.schema import repair_ground_truth
 from halp.label.judges import LLMJudge, RatioJudge, RulesJudge, canonical_category, polarity
 from halp.label.run import label_answers, rates, read_overrides
+from tests.chat_server import chat_server
 
 CASES = [
     # (question, answer, ground truth, category, hallucinated)
@@ -125,33 +123,13 @@ def test_overrides_apply_last_and_are_validated(tmp_path):
 def test_llm_judge_talks_to_an_openai_compatible_endpoint():
     seen = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((self.path, body))
-            reply = (
-                "HALLUCINATED: no such object" if "triangle" in body["messages"][0]["content"] else "CORRECT"
-            )
-            payload = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(payload)
+    def reply(body: dict) -> str:
+        return "HALLUCINATED: no such object" if "triangle" in body["messages"][0]["content"] else "CORRECT"
 
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        judge = LLMJudge(
-            f"http://127.0.0.1:{server.server_port}/v1", "m", "{question}|{answer}|{ground_truth}"
-        )
+    with chat_server(reply, seen) as url:
+        judge = LLMJudge(url, "m", "{question}|{answer}|{ground_truth}")
         assert judge("Why the triangle?", "Because.", "No; none", "false_premise").hallucinated
         assert not judge("Is it red?", "Yes", "yes", "attribute").hallucinated
-    finally:
-        server.shutdown()
     assert seen[0][0] == "/v1/chat/completions"
     assert seen[0][1]["model"] == "m" and seen[0][1]["temperature"] == 0
 

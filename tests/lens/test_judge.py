@@ -4,43 +4,18 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import socket
-import threading
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from PIL import Image
 
 from halp.lens.judge import LensJudge, patch
+from tests.chat_server import chat_server
 
 
-@contextmanager
-def judge_server(seen: list):
-    """A chat endpoint that says YES when the words include "red", and keeps every request it got."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((self.path, body))
-            text = body["messages"][0]["content"][0]["text"]
-            reply = "YES: red is the patch's colour" if "red" in text else "NO, the words name nothing there"
-            payload = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1"
-    finally:
-        server.shutdown()
+def says_yes_to_red(body: dict) -> str:
+    text = body["messages"][0]["content"][0]["text"]
+    return "YES: red is the patch's colour" if "red" in text else "NO, the words name nothing there"
 
 
 def test_the_judge_is_sent_the_patch_and_the_words_and_its_reason_kept():
@@ -49,7 +24,7 @@ def test_the_judge_is_sent_the_patch_and_the_words_and_its_reason_kept():
     image.paste((220, 40, 40), (28, 56, 56, 84))  # a red cell at row 2, column 1
     cell = patch(image, 2 * 3 + 1, grid_h=4, grid_w=3)
     assert cell.size == (28, 28) and cell.getpixel((14, 14)) == (220, 40, 40)
-    with judge_server(seen) as url:
+    with chat_server(says_yes_to_red, seen) as url:
         judge = LensJudge(url, "m", "Words: {words}. YES or NO?", api_key="k")
         assert judge(cell, ["red", "circle"]) == (True, "YES: red is the patch's colour")
         assert judge(cell, ["the", "only"]) == (False, "NO, the words name nothing there")
@@ -64,26 +39,9 @@ def test_the_judge_is_sent_the_patch_and_the_words_and_its_reason_kept():
 
 
 def test_a_reply_without_a_verdict_and_an_unreachable_judge_are_named():
-    class Rambling(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            payload = json.dumps({"choices": [{"message": {"content": "Well, it depends"}}]}).encode()
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Rambling)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(ValueError, match=r"replied 'Well, it depends'; expected YES or NO first"):
-            LensJudge(f"http://127.0.0.1:{server.server_port}/v1", "m", "{words}")(
-                Image.new("RGB", (8, 8)), ["a"]
-            )
-    finally:
-        server.shutdown()
+    rambling = pytest.raises(ValueError, match=r"replied 'Well, it depends'; expected YES or NO first")
+    with chat_server(lambda body: "Well, it depends") as url, rambling:
+        LensJudge(url, "m", "{words}")(Image.new("RGB", (8, 8)), ["a"])
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]

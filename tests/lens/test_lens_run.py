@@ -19,8 +19,9 @@ from halp.lens.lenses import Lenses
 from halp.lens.words import Words
 from halp.models.loading import load_model
 from halp.store import open_bank, open_lens
+from tests.chat_server import chat_server
 from tests.conftest import halp, set_params
-from tests.lens.test_judge import judge_server
+from tests.lens.test_judge import says_yes_to_red
 
 MODEL = "qwen2_5_vl"
 
@@ -90,7 +91,7 @@ def test_readings_metrics_and_page_for_every_image(workspace):
 
     # With an LLM judge (a local server here): 3 tokens, each judged for every lens at every layer.
     seen = []
-    with judge_server(seen) as url:
+    with chat_server(says_yes_to_red, seen) as url:
         set_params(workspace, {"lens.judge": "llm", "lens.llm": {"url": url, "tokens": 3}})
         halp("lens", "--model", MODEL, cwd=workspace)
     judged = json.loads((workspace / "metrics/lens" / f"{MODEL}.json").read_text())["judge"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Protocol
 
-from halp.llm import chat, first_word
+from halp.llm import Endpoint, first_word
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NON_WORD = re.compile(r"[^\w\s]")
@@ -88,21 +88,12 @@ class RatioJudge:
         return Verdict(ratio < self.threshold, f"similarity {ratio:.2f} vs threshold {self.threshold}")
 
 
-@dataclass(frozen=True)
-class LLMJudge:
+class LLMJudge(Endpoint):
     """An OpenAI-compatible chat endpoint asked to reply HALLUCINATED or CORRECT."""
-
-    url: str
-    model: str
-    prompt: str
-    api_key: str = ""
-    timeout_s: float = 60.0
 
     def __call__(self, question: str, answer: str, ground_truth: str, category: str) -> Verdict:
         content = self.prompt.format(question=question, answer=answer, ground_truth=ground_truth)
-        fix = "start it, fix label.llm.url in params.yaml, or use label.judge: rules"
-        reply = chat(self.url, self.model, content, self.api_key, self.timeout_s, fix)
-        word = first_word(reply)
-        if word not in ("HALLUCINATED", "CORRECT"):
+        reply = self.ask(content, "start it, fix label.llm.url in params.yaml, or use label.judge: rules")
+        if (word := first_word(reply)) not in ("HALLUCINATED", "CORRECT"):
             raise ValueError(f"LLM judge replied {reply[:80]!r}; expected HALLUCINATED or CORRECT first")
         return Verdict(word == "HALLUCINATED", f"llm: {reply[:200]}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -16,19 +15,14 @@ from halp.data.images import load_image
 from halp.lens.accuracy import top_words
 from halp.lens.lenses import METHODS
 from halp.lens.words import Words
-from halp.llm import chat, first_word
+from halp.llm import Endpoint, first_word
 from halp.store.reader import LensReadings
 
 FIX = "start it, fix lens.llm.url in params.yaml, or set lens.judge: none"
 
 
-@dataclass(frozen=True)
-class LensJudge:
-    url: str
-    model: str
-    prompt: str
-    api_key: str = ""
-    timeout_s: float = 60.0
+class LensJudge(Endpoint):
+    """An OpenAI-compatible multimodal chat endpoint asked to reply YES or NO, then why."""
 
     def __call__(self, patch: Image, words: list[str]) -> tuple[bool, str]:
         """(whether a word describes the patch, the judge's reply) for one patch and its top words."""
@@ -39,7 +33,7 @@ class LensJudge:
             {"type": "text", "text": self.prompt.format(words=", ".join(words))},
             {"type": "image_url", "image_url": {"url": image_url}},
         ]
-        reply = chat(self.url, self.model, content, self.api_key, self.timeout_s, FIX)
+        reply = self.ask(content, FIX)
         if (word := first_word(reply)) not in ("YES", "NO"):
             raise ValueError(f"the lens judge replied {reply[:80]!r}; expected YES or NO first")
         return word == "YES", reply[:200]
