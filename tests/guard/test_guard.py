@@ -113,11 +113,12 @@ def test_a_reloaded_guard_gives_the_fitted_risks(fitted, guard):
     """The thresholds and the holdout AUROC were computed from the fitted probe's risks on its calibration
     and holdout rows: the probe reloaded from safetensors must give them again."""
     params = load_params(fitted / "params.yaml")
-    with chdir(fitted):
+    with chdir(fitted):  # the workspace's paths are relative to it
         emb, y, groups = load_labelled(params, "demo_vlm")
+        features = emb.get(guard.card["representation"], guard.card["layer"])
     _, calibration, holdout = grouped_splits(y, groups, 1)[0]
     card = guard.card
-    risk = guard.risk(emb.get(card["representation"], card["layer"]))
+    risk = guard.risk(features)
     for coverage, threshold in card["thresholds"].items():
         assert np.quantile(risk[calibration], float(coverage)) == pytest.approx(threshold, abs=1e-6)
     assert auroc(y[holdout], risk[holdout]) == pytest.approx(card["holdout"]["auroc"], abs=1e-9)
