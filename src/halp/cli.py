@@ -144,10 +144,7 @@ def _guard(params: Params, args: argparse.Namespace) -> None:
 def _report(params: Params, args: argparse.Namespace) -> None:
     from halp.report.probes import write_report
 
-    probe = params.probe
-    write_report(
-        list(params.models), probe.out_dir, params.report.out_dir, probe.test_scores_dir, probe.bootstrap
-    )
+    write_report(list(params.models), params.probe.out_dir, params.report.out_dir)
 
 
 def _summarize(params: Params, args: argparse.Namespace) -> None:

@@ -14,10 +14,10 @@ from halp.label.run import label_model
 from halp.probe import metrics
 from halp.probe.classifiers import StandardisedLinear
 from halp.probe.metrics import bootstrap_auroc
+from halp.probe.risk_coverage import GRID, risk_coverage
 from halp.probe.run import load_labelled, probe_grid, probe_model
 from halp.probe.splits import grouped_splits
 from halp.report.probes import write_report
-from halp.report.risk_coverage import GRID, risk_coverage
 from halp.store.parts import PartBuffer, PartFolder, write_part
 
 LAYERS = [0, 1, 2]
@@ -193,7 +193,7 @@ def test_degenerate_labels_give_a_message_not_a_crash(tmp_path):
     assert "2 hallucinated and 238 correct answers" in report["message"]
     headline = json.loads((params.probe.headline_dir / "m.json").read_text())
     assert headline == {"m": {"samples": N, "hallucination_rate": round(2 / N, 4)}}
-    write_report(["m", "new"], params.probe.out_dir, tmp_path / "reports", params.probe.test_scores_dir, 50)
+    write_report(["m", "new"], params.probe.out_dir, tmp_path / "reports")
     text = (tmp_path / "reports" / "report.md").read_text()
     assert "| m | 240 | 2 hallucinated" in text
     assert "| new | | not probed: run `halp probe --model new` |" in text
@@ -239,7 +239,7 @@ def test_a_truncated_probe_file_is_named_with_the_command_that_rewrites_it(plant
     probes.mkdir()
     (probes / "m.json").write_text((params.probe.out_dir / "m.json").read_text()[:100])
     with pytest.raises(ValueError, match=r"m.json is not valid JSON .*`halp probe --model m` again"):
-        write_report(["m"], probes, tmp_path / "report", tmp_path, 50)
+        write_report(["m"], probes, tmp_path / "report")
 
 
 def test_grouped_splits_never_share_an_image_and_test_every_sample_once():
@@ -268,7 +268,7 @@ def test_bootstrap_matches_sklearn_on_every_resample():
 
 def test_report_table_and_figures(planted, tmp_path):
     _root, params, _ = planted
-    out = write_report(["m"], params.probe.out_dir, tmp_path, params.probe.test_scores_dir, 50)
+    out = write_report(["m"], params.probe.out_dir, tmp_path)
     text = out.read_text()
     assert "| m | 240 (33%) |" in text and f"(L{PLANTED}, " in text
     assert "beats the best output baseline and the metadata baseline (intervals do not overlap)" in text
@@ -346,9 +346,7 @@ def test_auroc_within_each_group_of_the_breakdown(tmp_path):
     assert planted["auroc_in_seen"] > 0.8  # trained on both halves, so below the planted-everywhere 0.95
     assert abs(planted["auroc_in_unseen"] - 0.5) < 0.2
     assert report["groups"]["seen"] == {"n_samples": N // 2, "hallucination_rate": labels[signal].mean()}
-    text = write_report(
-        ["m"], params.probe.out_dir, tmp_path / "report", params.probe.test_scores_dir, 50
-    ).read_text()
+    text = write_report(["m"], params.probe.out_dir, tmp_path / "report").read_text()
     assert "| | seen | unseen |" in text and f"| query_token L{PLANTED} (" in text
     groups.write_text("question_id\nq1\n")
     with pytest.raises(ValueError, match="two columns"):

@@ -15,6 +15,7 @@ from joblib import Parallel, delayed
 
 from halp.config import Params, ProbeSettings
 from halp.label.run import read_verdicts
+from halp.probe import risk_coverage
 from halp.probe.classifiers import fit_probes
 from halp.probe.headline import headline
 from halp.probe.metrics import aggregate, auroc, bootstrap_auroc, evaluate
@@ -125,7 +126,7 @@ def probe_grid(
     for result in Parallel(n_jobs=settings.workers or -1, mmap_mode="c", return_as="generator")(jobs):
         for row in result:
             log.info("%(representation)s layer %(layer)s %(probe)s: AUROC %(auroc_mean).3f", row)
-            test_scores[score_column(row)] = row.pop("test_scores")
+            test_scores[risk_coverage.score_column(row)] = row.pop("test_scores")
         rows += result
     scored = {}
     for name, score in baselines.items():
@@ -138,12 +139,6 @@ def probe_grid(
         scored[name]["flipped_seeds"] = sum(flipped for _, _, flipped in pairs)
         test_scores[name] = out_of_fold(splits, scores, len(y))
     return rows, scored, pd.DataFrame(test_scores)
-
-
-def score_column(row: dict | pd.Series) -> str:
-    """A probe's column in the test-score table: representation/layer/probe (layer "pooled" for VF)."""
-    layer = "pooled" if row["layer"] is None or pd.isna(row["layer"]) else int(row["layer"])
-    return f"{row['representation']}/{layer}/{row['probe']}"
 
 
 def out_of_fold(splits: list[Split], scores: list[tuple], n: int) -> np.ndarray:
@@ -238,6 +233,8 @@ def probe_model(
         test_scores = pd.concat([emb.meta.sample_id.reset_index(drop=True), scores], axis=1)
         table = pd.DataFrame(rows)
         report |= {"status": "ok", "probes": _nest(rows), "baselines": baselines}
+        if not control:  # selective answering on the out-of-fold test scores: the report's abstention
+            report["risk_coverage"] = risk_coverage.evaluate(table, test_scores, settings.bootstrap)
         if breakdown is not None:
             report["groups"] = {
                 g: {

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from halp.probe.headline import METADATA, best_output_baseline, best_probe
-from halp.report import figures, risk_coverage
+from halp.report import abstention, figures
 
 log = logging.getLogger(__name__)
 LAYERED = ("vision_token", "query_token")
@@ -120,11 +120,9 @@ def read_probe_results(path: Path) -> dict:
         ) from None
 
 
-def write_report(
-    models: list[str], probes_dir: Path, out_dir: Path, test_scores_dir: Path, bootstrap: int
-) -> Path:
-    figures, data, curves = out_dir / "figures", out_dir / "plots", out_dir / "risk_coverage"
-    for folder in (figures, data, curves):
+def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
+    pictures, data, curves = out_dir / "figures", out_dir / "plots", out_dir / "risk_coverage"
+    for folder in (pictures, data, curves):
         folder.mkdir(parents=True, exist_ok=True)
     abstaining = []
     lines = [
@@ -148,17 +146,11 @@ def write_report(
         rows = pd.read_csv(probes_dir / f"{model}.csv") if report["status"] == "ok" else pd.DataFrame()
         lines.append(table_row(model, report, rows))
         if report["status"] == "ok":
-            plot_layers(model, rows, figures / f"{model}.png").to_csv(data / f"{model}.csv", index=False)
+            plot_layers(model, rows, pictures / f"{model}.png").to_csv(data / f"{model}.csv", index=False)
             verdicts += [verdict(model, report, rows), "", *breakdown(model, report, rows)]
-            scores = pd.read_csv(test_scores_dir / f"{model}.csv")
-            abstaining += risk_coverage.section(
-                model,
-                rows,
-                scores,
-                bootstrap,
-                figures / f"{model}_risk_coverage.png",
-                curves / f"{model}.csv",
-            )
+            if "risk_coverage" in report:
+                figure, plot_data = pictures / f"{model}_risk_coverage.png", curves / f"{model}.csv"
+                abstaining += abstention.section(model, report["risk_coverage"], figure, plot_data)
     lines += [
         "",
         "Output baselines score from the first generated token; one that ranks backwards on a seed's "

@@ -1,7 +1,7 @@
 """Selective answering, evaluated: answer the questions a score ranks least risky, refuse the rest, and
 read the hallucination rate among the answered against the share answered (the risk-coverage curve).
 
-Scores are the probe stage's out-of-fold test scores; each test fold is ranked on its own (one fold's
+Scores are the probe grid's out-of-fold test scores; each test fold is ranked on its own (one fold's
 scores come from one fitted probe), and fold results are averaged, with a 95% interval pooling every
 fold's bootstrap, as the AUROCs are. A score's ties are answered together in expectation (a tied group's
 hallucination rate is spread over it), so a score with few values (the metadata baseline) is not
@@ -10,14 +10,10 @@ flattered by the order its ties happen to fall in.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from halp.probe.headline import METADATA, best_probe
-from halp.probe.run import score_column
-from halp.report import figures
 
 GRID = np.round(np.arange(0.05, 1.0001, 0.05), 2)  # coverages the curves are drawn at
 AT = 0.8  # the coverage a single number is quoted at
@@ -61,81 +57,40 @@ def risk_coverage(scores: pd.DataFrame, column: str, bootstrap: int, seed: int =
         "rate_at_80": float(np.mean(rates)),
         "rate_at_80_ci_low": float(np.percentile(pooled["rate"], 2.5)),
         "rate_at_80_ci_high": float(np.percentile(pooled["rate"], 97.5)),
-        "curve": np.mean(curves, axis=0),
+        "curve": np.mean(curves, axis=0).tolist(),
     }
 
 
-def section(
-    model: str, rows: pd.DataFrame, scores: pd.DataFrame, bootstrap: int, figure: Path, plot_data: Path
-) -> list[str]:
-    """The report's risk-coverage table, curve (PNG and DVC plot data) and verdict for one model: the
-    probe chosen by validation AUROC overall (what `halp guard-fit` saves) and of each representation,
-    against both output baselines and the metadata baseline."""
+BASELINES = ("first_token_entropy", "first_token_max_prob", METADATA)
+
+
+def evaluate(rows: pd.DataFrame, scores: pd.DataFrame, bootstrap: int) -> dict:
+    """{key: {label, aurc..., rate_at_80..., curve}} for the probe chosen by validation AUROC overall (what
+    `halp guard-fit` saves; key "guard"), the one of each representation, and the output and metadata
+    baselines: what the report's abstention section shows. `rows` is the grid's table, `scores` the
+    test-score table (a column per probe, `score_column`, and per baseline)."""
     guard = best_probe(rows, by="val_auroc_mean")
     candidates = {"guard": (f"guard: {_name(guard)}", score_column(guard))}  # key: the plot's column
     for rep in ("vision_only", "vision_token", "query_token"):
         if (best := best_probe(rows, rep, by="val_auroc_mean")) is not None:
             candidates[rep] = (_name(best), score_column(best))
     candidates |= {name: (name, name) for name in BASELINES if name in scores}
-    results = {key: risk_coverage(scores, column, bootstrap) for key, (_, column) in candidates.items()}
-    everything = scores[scores.fold >= 0].hallucinated.mean()
-    lines = [
-        f"**{model}**: hallucination rate among the answered questions when a score refuses the riskiest "
-        f"(out-of-fold test scores; probes chosen by validation AUROC). Answering all: {everything:.1%}.",
-        "",
-        "| score | AURC | hallucinated at 80% coverage |",
-        "|---|---|---|",
-    ]
-    for key, r in results.items():
-        lines.append(f"| {candidates[key][0]} | {_span(r, 'aurc')} | {_span(r, 'rate_at_80')} |")
-    lines += ["", _verdict(candidates["guard"][0], results), ""]
-    _plot(model, results, everything, figure, plot_data)
-    return lines
+    evaluated = {
+        key: {"label": label} | risk_coverage(scores, column, bootstrap)
+        for key, (label, column) in candidates.items()
+    }
+    return {
+        "answering_all": float(scores[scores.fold >= 0].hallucinated.mean()),
+        "coverages": GRID.tolist(),
+    } | {"scores": evaluated}
 
 
-BASELINES = ("first_token_entropy", "first_token_max_prob", METADATA)
+def score_column(row: dict | pd.Series) -> str:
+    """A probe's column in the test-score table: representation/layer/probe (layer "pooled" for VF)."""
+    layer = "pooled" if row["layer"] is None or pd.isna(row["layer"]) else int(row["layer"])
+    return f"{row['representation']}/{layer}/{row['probe']}"
 
 
 def _name(row: pd.Series) -> str:
     where = "VF" if pd.isna(row.layer) else f"{row.representation} L{int(row.layer)}"
     return f"{where} {row.probe}"
-
-
-def _span(r: dict, key: str) -> str:
-    return f"{r[key]:.3f} [{r[f'{key}_ci_low']:.3f}, {r[f'{key}_ci_high']:.3f}]"
-
-
-def _verdict(label: str, results: dict[str, dict]) -> str:
-    """Whether the guard's 80%-coverage interval lies below entropy-based abstention's."""
-    guard, entropy = results["guard"], results.get("first_token_entropy")
-    if entropy is None:
-        return f"No entropy baseline to compare {label} with."
-
-    def rate(r: dict) -> str:
-        return f"{r['rate_at_80']:.1%} [{r['rate_at_80_ci_low']:.1%}, {r['rate_at_80_ci_high']:.1%}]"
-
-    text = (
-        f"At 80% coverage the {label} leaves {rate(guard)} hallucinated, entropy-based abstention "
-        f"{rate(entropy)}: "
-    )
-    if guard["rate_at_80_ci_high"] < entropy["rate_at_80_ci_low"]:
-        return text + "the guard beats entropy-based abstention (intervals apart)."
-    return text + "the guard does not clearly beat entropy-based abstention (the intervals overlap)."
-
-
-def _plot(model: str, results: dict[str, dict], everything: float, figure: Path, plot_data: Path) -> None:
-    table = pd.DataFrame({label: r["curve"] for label, r in results.items()}, index=GRID)
-    table.rename_axis("coverage").reset_index().to_csv(plot_data, index=False, float_format="%.5g")
-    fig, ax = figures.new()
-    for label in table.columns:
-        ax.plot(table.index, table[label], marker=".", label=label)
-    ax.axhline(everything, linestyle="--", color="grey", linewidth=1)
-    ax.axvline(AT, color="black", linewidth=0.5)
-    figures.save(
-        fig,
-        ax,
-        figure,
-        xlabel="coverage (share of questions answered)",
-        ylabel="hallucinated among the answered",
-        title=f"{model}: risk-coverage (mean over test folds)",
-    )
