@@ -150,7 +150,11 @@ def test_repro_labels_probes_and_reports_every_model(repo):
         assert f"| {model} | 64 " in report
         if probes["status"] == "ok":
             assert (repo / "reports/figures" / f"{model}.png").is_file()
+            assert f"**{model}**: hallucination rate among the answered" in report  # risk-coverage
+            assert (repo / "reports/risk_coverage" / f"{model}.csv").is_file()
     assert "reports/figures" in run("dvc", "plots", "show", "--json", cwd=repo)
+    card = json.loads((repo / "models/guards/demo_vlm/guard.json").read_text())  # guard@demo_vlm ran
+    assert card["model"] == "demo_vlm" and (repo / "models/guards/demo_vlm/probe.safetensors").is_file()
 
 
 def test_repro_under_the_accelerate_launcher_reproduces_the_single_process_embeddings(repo, tmp_path):
