@@ -88,11 +88,16 @@ def chance(truth: pd.DataFrame, frequencies: dict[str, float]) -> dict[str, floa
 
 
 def lens_accuracy(
-    readings: LensReadings, words: Words, cells: pd.DataFrame, bootstrap: int = 200, seed: int = 0
+    readings: LensReadings,
+    found: dict[str, np.ndarray],
+    truth: pd.DataFrame,
+    frequencies: dict[str, float],
+    bootstrap: int = 200,
+    seed: int = 0,
 ) -> dict:
     """{"chance": {...}, "tokens": counts, LENS: {layer: {metric: [share, low, high]}}} for the three
-    lenses; metrics as in the module's docstring, `shape_*_in_<mechanism>` within each mechanism."""
-    truth = token_truth(readings, cells)
+    lenses, from their top-5 words (`top_words`) and each token's truth (`token_truth`); metrics as in the
+    module's docstring, `shape_*_in_<mechanism>` within each mechanism."""
     image = truth.image.to_numpy()
     rng = np.random.default_rng(seed)
     n_images = len(readings.meta)
@@ -104,16 +109,16 @@ def lens_accuracy(
     mechanisms = sorted(set(truth.mechanism[is_shape]))
     colour, kind = truth.colour.to_numpy(), truth.kind.to_numpy()
     result: dict = {
-        "chance": chance(truth, words.frequencies()),
+        "chance": chance(truth, frequencies),
         "tokens": {"shape": int(is_shape.sum()), "background": int(is_background.sum())}
         | {m: int((truth.mechanism == m).sum()) for m in mechanisms},
     }
-    for lens, found in top_words(readings, words, max(TOP)).items():
+    for lens, words in found.items():
         result[lens] = {}
         for j, layer in enumerate(readings.layer_names):
             metrics = {}
             for k in TOP:
-                top = found[:, j, :k]
+                top = words[:, j, :k]
                 hits = {
                     "colour": (top == colour[:, None]).any(axis=1),
                     "kind": (top == kind[:, None]).any(axis=1),
@@ -125,7 +130,7 @@ def lens_accuracy(
                     for m in mechanisms:
                         inside = is_shape & (truth.mechanism == m).to_numpy()
                         metrics[f"shape_{name}_top{k}_in_{m}"] = _share(hit[inside], image[inside], resamples)
-                no_shape_word = ~np.isin(top, list(SHAPE_WORDS)).any(axis=1)
+                no_shape_word = ~hits["any"]
                 metrics[f"background_top{k}"] = _share(
                     no_shape_word[is_background], image[is_background], resamples
                 )
@@ -160,8 +165,9 @@ def asked_shapes(questions: pd.DataFrame) -> pd.DataFrame:
 
 def model_misses(
     readings: LensReadings,
-    words: Words,
+    found: dict[str, np.ndarray],
     cells: pd.DataFrame,
+    truth: pd.DataFrame,
     questions: pd.DataFrame,
     hallucinated: pd.Series,
 ) -> dict:
@@ -169,7 +175,6 @@ def model_misses(
     answers the model got wrong, and of those it got right, the share where the lens's top-5 words at the
     shape's token name its colour (wrong but named: the information was there and went unused).
     {lens: {layer: {mechanism: {"wrong": [share, n], "right": [share, n]}}}}"""
-    truth = token_truth(readings, cells).assign(token=lambda t: t.groupby("image").cumcount())
     first_token = dict(
         zip(
             readings.meta.image_id,
@@ -190,10 +195,10 @@ def model_misses(
     ]  # the grid is the cells'
     wrong = hallucinated.loc[placed.question_id].to_numpy().astype(bool)
     result: dict = {}
-    for lens, found in top_words(readings, words, 5).items():
+    for lens, words in found.items():
         result[lens] = {}
         for j, layer in enumerate(readings.layer_names):
-            named = (found[placed.token.to_numpy(), j, :] == placed.colour.to_numpy()[:, None]).any(axis=1)
+            named = (words[placed.token.to_numpy(), j, :] == placed.colour.to_numpy()[:, None]).any(axis=1)
             result[lens][layer] = {
                 m: {
                     side: [float(named[inside].mean()) if inside.any() else None, int(inside.sum())]

@@ -12,9 +12,7 @@ import pandas as pd
 from PIL.Image import Image
 
 from halp.data.images import load_image
-from halp.lens.accuracy import top_words
 from halp.lens.lenses import METHODS
-from halp.lens.words import Words
 from halp.llm import Endpoint, first_word
 from halp.store.reader import LensReadings
 
@@ -54,15 +52,15 @@ def patch(image: Image, token: int, grid_h: int, grid_w: int) -> Image:
 
 def judge_readings(
     readings: LensReadings,
-    words: Words,
+    found: dict[str, np.ndarray],
     image_paths: dict[str, str],
     judge: LensJudge,
     n_tokens: int,
     seed: int,
 ) -> dict:
     """`n_tokens` tokens drawn (seeded) from the images whose tokens lie on a grid, each judged for every
-    lens at every layer: {"share": {lens: {layer: share judged to describe}}, "judgements": [...]}"""
-    found = top_words(readings, words, 5)
+    lens at every layer, shown its top-5 words (`top_words`):
+    {"share": {lens: {layer: share judged to describe}}, "judgements": [...]}"""
     offsets = np.concatenate([[0], np.cumsum(readings.meta.n_image_tokens)])
     on_grid = (
         readings.meta.grid_t * readings.meta.grid_h * readings.meta.grid_w == readings.meta.n_image_tokens

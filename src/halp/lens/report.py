@@ -20,27 +20,24 @@ from halp.lens.words import Words
 from halp.store.reader import Bank, LensReadings
 
 
-def token_strings(readings: LensReadings, words: Words) -> dict[str, np.ndarray]:
-    """The top-1 word of each lens, [all tokens, 1 + L] per method, in `meta` order."""
-    return {m: found[..., 0] for m, found in top_words(readings, words, 1).items()}
-
-
 def lens_metrics(
     readings: LensReadings,
     bank: Bank,
     words: Words,
-    cells: pd.DataFrame | None,
+    found: dict[str, np.ndarray],
+    ground_truth: tuple[pd.DataFrame, pd.DataFrame] | None,
     answers: tuple[pd.DataFrame, pd.Series] | None = None,
-    judged: Callable[[Words], dict] | None = None,
+    judged: Callable[[dict[str, np.ndarray]], dict] | None = None,
 ) -> dict:
     """Per visual layer: each lens's mean top-1 score (cosine; the logit lens's probability), how often two
     lenses' top-1 words agree, and which bank layer supplies LatentLens' top-1 neighbour how often; with
-    ground truth (`cells`), whether the words name what each token's cell holds (`accuracy`), and with the
-    model's answers (questions, hallucinated by question id) whether they do where it answered wrong; with
-    `judged`, an LLM judge's verdicts on the readings (`halp.lens.judge`)."""
+    ground truth (the cells, and each token's truth from them), whether the words name what each token's
+    cell holds (`accuracy`), and with the model's answers (questions, hallucinated by question id) whether
+    they do where it answered wrong; with `judged`, an LLM judge's verdicts (`halp.lens.judge`). `found`
+    is each lens's top-5 words (`top_words`)."""
     scores = {m: np.concatenate(readings.per_image(f"{m}_scores"))[..., 0] for m in METHODS}
     source = np.concatenate(readings.per_image("latent_layers"))[..., 0]  # [T, 1 + L]
-    top1 = token_strings(readings, words)
+    top1 = {m: found[m][..., 0] for m in METHODS}
     layers = {}
     for j, name in enumerate(readings.layer_names):
         layers[name] = {
@@ -61,12 +58,15 @@ def lens_metrics(
         "bank_layers": bank.layers,
         "layers": layers,
     }
-    if cells is not None and (accuracy := lens_accuracy(readings, words, cells))["tokens"]["shape"]:
-        metrics["accuracy"] = accuracy  # none where the model's token grid is not the demo's cell grid
-        if answers is not None:
-            metrics["model_misses"] = model_misses(readings, words, cells, *answers)
+    if ground_truth is not None:
+        cells, truth = ground_truth
+        accuracy = lens_accuracy(readings, found, truth, words.frequencies())
+        if accuracy["tokens"]["shape"]:  # none where the model's token grid is not the demo's cell grid
+            metrics["accuracy"] = accuracy
+            if answers is not None:
+                metrics["model_misses"] = model_misses(readings, found, cells, truth, *answers)
     if judged is not None:
-        metrics["judge"] = judged(words)
+        metrics["judge"] = judged(found)
     return metrics
 
 
@@ -92,17 +92,14 @@ SCALE = 4  # the demo's 84-pixel images are drawn 4x, pixelated, so a cell's wor
 
 def lens_page(
     readings: LensReadings,
-    words: Words,
+    found: dict[str, np.ndarray],
     image_paths: dict[str, str],
     n_images: int,
-    cells: pd.DataFrame | None = None,
+    truth: pd.DataFrame | None = None,
 ) -> str:
     """HTML: each of the first images with its token grid drawn over it, each cell the top-1 word of the
     chosen lens at the chosen layer (selectors at the top), marked right or wrong where the ground truth
-    (`cells`) knows what the cell holds; every lens's top words on hover."""
-    top1 = token_strings(readings, words)
-    top5 = top_words(readings, words, 5)
-    truth = token_truth(readings, cells) if cells is not None else None
+    (`token_truth`) knows what the cell holds; every lens's top 5 words (`found`) on hover."""
     offsets = np.concatenate([[0], np.cumsum(readings.meta.n_image_tokens)])
     sections = []
     for i, row in readings.meta.head(n_images).iterrows():
@@ -115,9 +112,9 @@ def lens_page(
             for lens in METHODS:
                 cells_html = []
                 for t in tokens:
-                    word = str(top1[lens][t, j])
+                    word = str(found[lens][t, j, 0])
                     mark = _mark(word, truth.iloc[t]) if truth is not None else ""
-                    hover = " | ".join(f"{m}: {', '.join(map(str, top5[m][t, j]))}" for m in METHODS)
+                    hover = " | ".join(f"{m}: {', '.join(map(str, found[m][t, j]))}" for m in METHODS)
                     cells_html.append(
                         f'<div class="cell {mark}" title="{html.escape(hover)}">{html.escape(word)}</div>'
                     )
@@ -184,7 +181,7 @@ def write_lens_outputs(
     words: Words,
     cells: pd.DataFrame | None,
     answers: tuple[pd.DataFrame, pd.Series] | None,
-    judged: Callable[[Words], dict] | None,
+    judged: Callable[[dict[str, np.ndarray]], dict] | None,
     image_paths: dict[str, str],
     metrics_dir: Path,
     view_dir: Path,
@@ -193,6 +190,9 @@ def write_lens_outputs(
     name = readings.attrs["model_name"]
     metrics_dir.mkdir(parents=True, exist_ok=True)
     view_dir.mkdir(parents=True, exist_ok=True)
-    metrics = lens_metrics(readings, bank, words, cells, answers, judged)
+    found = top_words(readings, words, 5)  # every token's words, mapped once for all that follows
+    ground_truth = None if cells is None else (cells, token_truth(readings, cells))
+    metrics = lens_metrics(readings, bank, words, found, ground_truth, answers, judged)
     (metrics_dir / f"{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (view_dir / f"{name}.html").write_text(lens_page(readings, words, image_paths, n_images, cells))
+    truth = None if ground_truth is None else ground_truth[1]
+    (view_dir / f"{name}.html").write_text(lens_page(readings, found, image_paths, n_images, truth))
