@@ -5,6 +5,7 @@ question ids the file holds)."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from pathlib import Path
@@ -40,11 +41,12 @@ def _finished_ids(out: Path) -> set[str]:
     if not out.is_file():
         return set()
     text = out.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        out.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
-    if not out.read_text(encoding="utf-8").strip():
+    whole = text[: text.rfind("\n") + 1]
+    if whole != text:
+        out.write_text(whole, encoding="utf-8")
+    if not whole.strip():
         return set()
-    return set(pd.read_csv(out, dtype=str, keep_default_na=False).question_id)
+    return set(pd.read_csv(io.StringIO(whole), dtype=str, keep_default_na=False).question_id)
 
 
 def assess_csv(

@@ -27,14 +27,9 @@ def _cumulative_risk(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.cumsum(spread) / np.arange(1, len(y) + 1)
 
 
-def _fold_numbers(y: np.ndarray, s: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """(AURC, risk at AT coverage, risk at each GRID coverage) of one fold."""
-    risk = _cumulative_risk(y, s)
-
-    def at(coverage: float) -> float:
-        return float(risk[max(int(np.ceil(coverage * len(y))) - 1, 0)])
-
-    return float(risk.mean()), at(AT), np.array([at(c) for c in GRID])
+def _at(risk: np.ndarray, coverage: float) -> float:
+    """The hallucination rate among the answered when a `coverage` share is answered."""
+    return float(risk[max(int(np.ceil(coverage * len(risk))) - 1, 0)])
 
 
 def risk_coverage(scores: pd.DataFrame, column: str, bootstrap: int, seed: int = 0) -> dict:
@@ -44,11 +39,11 @@ def risk_coverage(scores: pd.DataFrame, column: str, bootstrap: int, seed: int =
     rng = np.random.default_rng(seed)
     for _, fold in scores[scores.fold >= 0].groupby("fold"):
         y, s = fold.hallucinated.to_numpy(), fold[column].to_numpy(np.float64)
-        aurc, rate, curve = _fold_numbers(y, s)
-        aurcs.append(aurc), rates.append(rate), curves.append(curve)
-        for rows in rng.integers(0, len(y), size=(bootstrap, len(y))):
-            a, r, _ = _fold_numbers(y[rows], s[rows])
-            boot_aurc.append(a), boot_rate.append(r)
+        risk = _cumulative_risk(y, s)
+        aurcs.append(risk.mean()), rates.append(_at(risk, AT)), curves.append([_at(risk, c) for c in GRID])
+        for rows in rng.integers(0, len(y), size=(bootstrap, len(y))):  # the curve is not resampled
+            resampled = _cumulative_risk(y[rows], s[rows])
+            boot_aurc.append(resampled.mean()), boot_rate.append(_at(resampled, AT))
     pooled = {"aurc": boot_aurc or aurcs, "rate": boot_rate or rates}
     return {
         "aurc": float(np.mean(aurcs)),

@@ -355,9 +355,12 @@ class PartFolder:
         for leftover in self.folder.glob("*.tmp"):
             log.info("removing incomplete %s left by an interrupted run", leftover.name)
             leftover.unlink()
-        for damaged in (part for part in self.parts() if remove_damaged and not _opens(part)):
-            log.warning("removing %s (--remove-damaged): it cannot be read; its samples run again", damaged)
-            damaged.unlink()
+        if remove_damaged:
+            for damaged in (part for part in self.parts() if not _opens(part)):
+                log.warning(
+                    "removing %s (--remove-damaged): it cannot be read; its samples run again", damaged
+                )
+                damaged.unlink()
         (self.folder / MANIFEST).unlink(missing_ok=True)
         for replaced in replaced_parts(self.parts()):
             log.info("removing %s: a rewritten copy without its stale rows replaces it", replaced.name)
