@@ -12,14 +12,13 @@ what real ones do. Prints samples/s of both paths, the ratio and peak GPU memory
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from halp.bench import built, engine, seed_style
+from halp.bench import built, engine, seed_style, timed
 from halp.config import ModelSettings
 from halp.extract.engine import Extractor
 from halp.models.loading import load_model, pick_device
@@ -74,22 +73,12 @@ def main() -> None:
 
     on_gpu = loaded.device.type == "cuda"
 
-    def sync() -> None:
-        if on_gpu:
-            torch.cuda.synchronize()
-
-    def timed(fn, *fn_args) -> float:
-        sync()
-        start = time.perf_counter()
-        fn(*fn_args)
-        sync()
-        return time.perf_counter() - start
-
     seed_style(loaded, extractor, images[:1], questions[:1], 2)  # warm-up both paths
     engine(extractor, images[: args.batch_size], questions[: args.batch_size], args.batch_size, 2)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     seed_s = timed(
+        loaded.device,
         seed_style,
         loaded,
         extractor,
@@ -97,10 +86,12 @@ def main() -> None:
         questions[: args.seed_samples],
         args.new_tokens,
     )
-    engine_s = timed(engine, extractor, images, questions, args.batch_size, args.new_tokens)
+    engine_s = timed(loaded.device, engine, extractor, images, questions, args.batch_size, args.new_tokens)
     seed_rate, engine_rate = args.seed_samples / seed_s, args.samples / engine_s
     if args.prefetch:
-        ahead_s = timed(engine, ahead, images, questions, args.batch_size, args.new_tokens, True)
+        ahead_s = timed(
+            loaded.device, engine, ahead, images, questions, args.batch_size, args.new_tokens, True
+        )
         prefetch_line = f"  engine, next batch prepared ahead:  {args.samples / ahead_s:8.2f} samples/s\n"
     else:
         prefetch_line = ""

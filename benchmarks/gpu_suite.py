@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from halp.bench import built, engine, plain_forward, seed_style
+from halp.bench import built, engine, plain_forward, seed_style, timed
 from halp.extract.engine import Extractor
 from halp.models.adapter import resolve
 from halp.models.layers import resolve_layers
@@ -92,15 +92,6 @@ class Suite:
         """n samples cycling through 4 images and 3 questions (the batch needs real left padding)."""
         return [self.images[i % 4] for i in range(n)], [QUESTIONS[i % 3] for i in range(n)]
 
-    def timed(self, fn: Callable, *fn_args, **fn_kwargs) -> float:
-        if self.on_gpu:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn(*fn_args, **fn_kwargs)
-        if self.on_gpu:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
     def peak_gib(self) -> float | None:
         return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.on_gpu else None
 
@@ -112,7 +103,9 @@ class Suite:
     def seed_rate(self) -> float:
         images, questions = self.samples(self.args.seed_samples)
         seed_style(self.loaded, self.extractor, images[:1], questions[:1], 2)  # warm-up
-        seconds = self.timed(seed_style, self.loaded, self.extractor, images, questions, self.args.new_tokens)
+        seconds = timed(
+            self.device, seed_style, self.loaded, self.extractor, images, questions, self.args.new_tokens
+        )
         rate = len(images) / seconds
         self.record("seed_loop", batch=1, samples=len(images), samples_per_s=rate)
         return rate
@@ -124,7 +117,9 @@ class Suite:
         images, questions = self.samples(batch * self.args.rounds)
         engine(self.extractor, images[:batch], questions[:batch], batch, 2)
         new_tokens = self.args.new_tokens
-        seconds = self.timed(engine, self.extractor, images, questions, batch, new_tokens, self.on_gpu)
+        seconds = timed(
+            self.device, engine, self.extractor, images, questions, batch, new_tokens, self.on_gpu
+        )
         rate = len(images) / seconds
         return self.record(
             part,
@@ -178,12 +173,12 @@ def part_profile(suite: Suite) -> None:
 
     batch = suite.args.best_batch
     images, questions = suite.samples(batch)
-    prepare_s = suite.timed(suite.extractor.prepare, images, questions)
+    prepare_s = timed(suite.device, suite.extractor.prepare, images, questions)
     inputs = suite.extractor.prepare(images, questions)
     one = Extractor(suite.loaded, suite.extractor.layers, 1, top_k=5)
     one.run(inputs)  # warm-up
-    prefill_s = suite.timed(one.run, inputs)
-    full_s = suite.timed(suite.extractor.run, inputs, min_new_tokens=suite.args.new_tokens)
+    prefill_s = timed(suite.device, one.run, inputs)
+    full_s = timed(suite.device, suite.extractor.run, inputs, min_new_tokens=suite.args.new_tokens)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if suite.on_gpu else [])
 
     def syncs(fn: Callable) -> int:

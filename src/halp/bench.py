@@ -72,9 +72,15 @@ def engine(
         extractor.run(batch, min_new_tokens=max_new_tokens)
 
 
-def _timed(fn, *args) -> float:
+def timed(device: torch.device, fn, /, *args, **kwargs) -> float:
+    """Seconds `fn(*args, **kwargs)` takes, waiting for a GPU's queued work before and after."""
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
-    fn(*args)
+    fn(*args, **kwargs)
+    if on_gpu:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
@@ -90,8 +96,8 @@ def benchmark(params: Params, model_name: str, n_samples: int, batch_size: int) 
     new_tokens = settings.max_new_tokens
     seed_style(loaded, extractor, images[:1], questions[:1], new_tokens)  # warm-up both paths
     engine(extractor, images[:batch_size], questions[:batch_size], batch_size, new_tokens)
-    seed_s = _timed(seed_style, loaded, extractor, images, questions, new_tokens)
-    engine_s = _timed(engine, extractor, images, questions, batch_size, new_tokens)
+    seed_s = timed(loaded.device, seed_style, loaded, extractor, images, questions, new_tokens)
+    engine_s = timed(loaded.device, engine, extractor, images, questions, batch_size, new_tokens)
     result = {
         "samples": len(images),
         "seed_style_samples_per_s": len(images) / seed_s,
