@@ -178,6 +178,17 @@ def test_second_repro_does_nothing(repo):
     assert "Stage 'extract@qwen2_vl' didn't change, skipping" in out
 
 
+def test_outputs_rebuilt_from_scratch_are_the_ones_dvc_lock_records(repo):
+    """A fresh clone's `dvc repro` rebuilds what is not in git: on the same library dispatch it must
+    leave dvc.lock (and so `git status`) as it was, and stop at the first stage whose output it matches."""
+    lock = (repo / "dvc.lock").read_text()
+    shutil.rmtree(repo / "data/embeddings/qwen2_vl")
+    shutil.rmtree(repo / "data/banks/qwen2_vl")
+    out = run("dvc", "repro", cwd=repo)
+    assert sorted(ran(out)) == ["contextual-bank@qwen2_vl", "extract@qwen2_vl"]
+    assert (repo / "dvc.lock").read_text() == lock
+
+
 def test_push_clone_pull_gives_identical_embeddings(repo, tmp_path):
     remote = tmp_path / "remote"
     run("dvc", "remote", "add", "-d", "shared", str(remote), cwd=repo)

@@ -352,3 +352,20 @@ def test_prefetching_the_next_batch_changes_nothing(workspace):
     assert sorted(plain.errors.sample_id) == sorted(samples.question_id[[1, 4]])
     for name, values in all_arrays(runs[True]).items():
         np.testing.assert_array_equal(values, all_arrays(runs[False])[name], err_msg=name)
+
+
+def test_the_same_extraction_twice_writes_the_same_bytes(workspace):
+    """What DVC hashes: a rerun on an unchanged repository (a fresh clone's `dvc repro`) must give the
+    outputs dvc.lock already records, so no part may hold a time, host or other run-specific value."""
+    model = "qwen2_vl"
+    set_params(workspace, {"data.sample_size": 8})
+    halp("sample", cwd=workspace)
+    folders = []
+    for out_dir in ("first", "second"):
+        set_params(workspace, {"extract.out_dir": out_dir})
+        halp("extract", "--model", model, cwd=workspace)
+        folders.append(workspace / out_dir / model)
+    names = sorted(p.name for p in folders[0].iterdir())
+    assert len(names) > 2 and names == sorted(p.name for p in folders[1].iterdir())
+    for name in names:
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name

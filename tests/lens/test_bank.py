@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,16 @@ def test_a_very_long_sentence_is_cut_to_max_tokens_with_a_log_line_and_changes_t
     )
     assert long.meta[long.meta.sentence == 24].position.max() < 64
     assert long.attrs["config_hash"] != plain.attrs["config_hash"]
+
+
+def test_the_same_bank_twice_writes_the_same_bytes(bank_workspace, monkeypatch):
+    """A fresh clone's `dvc repro` must rebuild the bank dvc.lock records: no time or host in a part."""
+    monkeypatch.chdir(bank_workspace)
+    folders = []
+    for out in ("first", "second"):
+        folders.append(build(bank_workspace, **{"lens.bank_dir": out}).folder)
+        time.sleep(1.1)  # a clock's seconds, had a part kept one, would differ between the two
+    names = sorted(p.name for p in folders[0].iterdir())
+    assert len(names) > 1 and names == sorted(p.name for p in folders[1].iterdir())
+    for name in names:
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name

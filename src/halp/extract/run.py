@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -151,7 +150,6 @@ class ExtractionRun:
             "max_new_tokens": self.settings.max_new_tokens,
             "config_hash": self.config_hash,
             "package_versions": json.dumps({p: version(p) for p in PACKAGES}),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "rank": self.rank.index,
             "world_size": self.rank.world,
         }

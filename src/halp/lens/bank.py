@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +114,6 @@ class BankBuilder:
             "max_per_token": self.lens.max_per_token,
             "seed": self.lens.seed,
             "config_hash": self.config_hash,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
     def _capped(self, token_ids: list[list[int]]) -> list[list[int]]:
