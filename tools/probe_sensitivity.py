@@ -29,6 +29,7 @@ import yaml
 
 from halp.config import ProbeSettings
 from halp.probe.headline import best_probe
+from halp.probe.risk_coverage import probe_label
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = ["representation", "layer", "probe"]
@@ -53,14 +54,6 @@ def perturbed_copy(source: Path, target: Path, relative: float, draw: int) -> No
                 data[...] = (x * (1 + relative * rng.standard_normal(x.shape))).astype(x.dtype)
 
 
-def _label(row: pd.Series) -> str:
-    return (
-        f"{row.representation} L{int(row.layer)} {row.probe}"
-        if not pd.isna(row.layer)
-        else f"{row.representation} {row.probe}"
-    )
-
-
 def moved(committed: ProbeSettings, rerun: ProbeSettings, model: str) -> dict:
     """How far the rerun's probe grid, best probe, baselines and headline moved from the committed ones."""
     grid = pd.read_csv(committed.out_dir / f"{model}.csv").merge(
@@ -79,8 +72,8 @@ def moved(committed: ProbeSettings, rerun: ProbeSettings, model: str) -> dict:
         "grid_median": float(shift.median()),
         "grid_unchanged": int((shift == 0).sum()),
         "grid_rows": len(grid),
-        "best_before": f"{_label(before)} {before.auroc_mean:.4f}",
-        "best_after": f"{_label(after)} {after.auroc_mean_rerun:.4f}",
+        "best_before": f"{probe_label(before)} {before.auroc_mean:.4f}",
+        "best_after": f"{probe_label(after)} {after.auroc_mean_rerun:.4f}",
         "baselines_max": max(
             abs(baselines[1][b]["auroc_mean"] - baselines[0][b]["auroc_mean"]) for b in baselines[0]
         ),
@@ -108,21 +101,21 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/halp-probe-sensitivity"))
     args = parser.parse_args()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    work_root = args.work.resolve()
+    os.chdir(ROOT)  # params' relative paths (the embeddings, labels, committed metrics) are the project's
+    params = yaml.safe_load(Path("params.yaml").read_text())
     committed = ProbeSettings.model_validate(params["probe"])
+    env = os.environ | dict(item.split("=", 1) for item in args.env)  # a set variable wins over halp's caps
     for relative in args.relative:
         for draw in args.draws if relative else args.draws[:1]:
-            work = (args.work / f"{relative:g}-{draw}").resolve()
+            work = work_root / f"{relative:g}-{draw}"
             shutil.rmtree(work, ignore_errors=True)
-            source = ROOT / params["extract"]["out_dir"] / args.model
+            source = Path(params["extract"]["out_dir"]) / args.model
             perturbed_copy(source, work / "embeddings" / args.model, relative, draw)
             rerun = rerun_params(params, work)
             (work / "params.yaml").write_text(yaml.safe_dump(rerun))
             command = [sys.executable, "-m", "halp", "--params", str(work / "params.yaml"), "probe"]
-            env = os.environ | dict(item.split("=", 1) for item in args.env)  # set wins over halp's caps
-            subprocess.run(
-                [*command, "--model", args.model], cwd=ROOT, env=env, check=True
-            )  # labels: the project's
+            subprocess.run([*command, "--model", args.model], env=env, check=True)
             numbers = moved(committed, ProbeSettings.model_validate(rerun["probe"]), args.model)
             print(json.dumps({"relative": relative, "draw": draw} | numbers), flush=True)
 

@@ -65,10 +65,10 @@ def evaluate(rows: pd.DataFrame, scores: pd.DataFrame, bootstrap: int) -> dict:
     baselines: what the report's abstention section shows. `rows` is the grid's table, `scores` the
     test-score table (a column per probe, `score_column`, and per baseline)."""
     guard = best_probe(rows, by="val_auroc_mean")
-    candidates = {"guard": (f"guard: {_name(guard)}", score_column(guard))}  # key: the plot's column
+    candidates = {"guard": (f"guard: {probe_label(guard)}", score_column(guard))}  # key: the plot's column
     for rep in ("vision_only", "vision_token", "query_token"):
         if (best := best_probe(rows, rep, by="val_auroc_mean")) is not None:
-            candidates[rep] = (_name(best), score_column(best))
+            candidates[rep] = (probe_label(best), score_column(best))
     candidates |= {name: (name, name) for name in BASELINES if name in scores}
     evaluated = {
         key: {"label": label} | risk_coverage(scores, column, bootstrap)
@@ -86,6 +86,7 @@ def score_column(row: dict | pd.Series) -> str:
     return f"{row['representation']}/{layer}/{row['probe']}"
 
 
-def _name(row: pd.Series) -> str:
+def probe_label(row: pd.Series) -> str:
+    """A grid row as people read it: "query_token L0 mlp", "VF logistic"."""
     where = "VF" if pd.isna(row.layer) else f"{row.representation} L{int(row.layer)}"
     return f"{where} {row.probe}"
