@@ -19,12 +19,13 @@ def test_training_gives_the_same_weights_whatever_the_cpu_offers(tmp_path):
     demo VLM's weights are byte-identical (on a machine without AVX-512 both runs are AVX2 anyway). Both
     runs share this CPU's vendor, caches and thread count: what differs between two machines beyond the
     instruction set is measured in tools/cpu_paths.py, not here."""
-    organism = dict(n_images=16, steps=6, batch_size=8, warmup_steps=2, curriculum=[2, 4])
+    recipe = dict(n_images=16, steps=6, batch_size=8, warmup_steps=2, curriculum=[2, 4], heldout_images=2)
     weights = {}
     for name, env in (("this_cpu", {}), ("avx2_only", AVX2_ONLY)):
         folder = tmp_path / name
         folder.mkdir()
-        params = {"organism": organism | {"out_dir": "model", "metrics": "train.json"}, "models": {}}
+        organism = {"models_dir": ".", "recipe": recipe, "subjects": {"model": {"arch": "qwen2_vl"}}}
+        params = {"organism": organism, "models": {}}
         (folder / "params.yaml").write_text(yaml.safe_dump(params))
         clean = {k: v for k, v in os.environ.items() if k not in AVX2_ONLY and k != "MKL_CBWR"}
         halp("train-demo", cwd=folder, env=clean | env)

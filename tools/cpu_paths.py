@@ -75,7 +75,7 @@ SETTINGS: dict[str, dict[str, str]] = {
 # ATen's at::vml sends these float functions to MKL's vector math (vms*, VML_HA; torch/include/ATen/cpu/
 # vml.h), which MKL_VERBOSE does not log: their MKL dependence shows only in the bytes
 VML = ("sqrt", "exp, log", "clip_grad_norm_ + AdamW")
-BATCH_QUESTIONS = 48  # the organism's batch_size
+BATCH_QUESTIONS = 48  # the organisms' batch_size
 # aten kernels worth naming in the dispatch table (the rest are PyTorch's own vectorised loops)
 KERNELS = re.compile(
     r"^aten::(mkldnn|_?conv|slow_conv|.*mm$|_scaled_dot|_foreach|_fused|native_layer_norm$|_softmax$|_log_softmax$|nll_loss_forward|embedding_dense|.*gelu|.*silu)"
@@ -90,18 +90,18 @@ def _prepare(folder: Path) -> None:
     import numpy as np
     import torch
 
-    from halp.config import OrganismSettings
-    from halp.models.synthetic.qwen_vl import build_qwen
-    from halp.organism.train import CURRICULUM, TrainingSet
+    from halp.config import TrainingRecipe
+    from halp.models.registry import adapter_for
+    from halp.models.synthetic import instantiate
+    from halp.organism.train import KINDS, Collator, TrainingSet, stop_ids
 
-    settings = OrganismSettings(n_images=64, seed=0)
-    torch.manual_seed(settings.seed)
-    model, processor = build_qwen("qwen2_vl", "demo")
+    recipe = TrainingRecipe(n_images=64, seed=0)
+    torch.manual_seed(recipe.seed)
+    model, processor = instantiate("qwen2_vl", "demo")
     model.save_pretrained(folder / "model")
-    data = TrainingSet(processor, settings)
-    kinds = {k for phase in CURRICULUM for k in phase}
-    rng = np.random.default_rng(settings.seed)
-    batch = data.batch(data.draw_images(kinds, BATCH_QUESTIONS, rng), kinds, rng)
+    data = TrainingSet(Collator(processor, adapter_for("qwen2_vl", "demo_vlm"), stop_ids(model)), recipe)
+    rng = np.random.default_rng(recipe.seed)
+    batch = dict(data.batch(data.draw_images(set(KINDS), BATCH_QUESTIONS, rng), set(KINDS), rng))
     torch.save(batch, folder / "batch.pt")
 
 

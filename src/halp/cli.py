@@ -33,9 +33,10 @@ def _build_tiny(params: Params, args: argparse.Namespace) -> None:
 
 
 def _train_demo(params: Params, args: argparse.Namespace) -> None:
-    from halp.organism.train import train_demo
+    from halp.organism.train import train_organism
 
-    train_demo(params.organism)
+    for name in args.name or params.organism.subjects:
+        train_organism(name, params.organism)
 
 
 def _sample(params: Params, args: argparse.Namespace) -> None:
@@ -144,7 +145,17 @@ def _guard(params: Params, args: argparse.Namespace) -> None:
 def _report(params: Params, args: argparse.Namespace) -> None:
     from halp.report.probes import write_report
 
-    write_report(list(params.models), params.probe.out_dir, params.report.out_dir)
+    tiny = params.tiny.out_dir.resolve()
+    random_weights = [
+        name for name, m in params.models.items() if Path(m.model).resolve().is_relative_to(tiny)
+    ]
+    write_report(
+        list(params.models),
+        random_weights,
+        params.probe.out_dir,
+        params.summary.out_dir,
+        params.report.out_dir,
+    )
 
 
 def _summarize(params: Params, args: argparse.Namespace) -> None:
@@ -195,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--arch", action="append", help="only this architecture (repeatable)")
     build.add_argument("--out", type=Path, help="output folder (default: tiny.out_dir, or models/full)")
-    command("train-demo", _train_demo, "train the demo VLM on the demo world (params: organism)")
+    train = command(
+        "train-demo", _train_demo, "train the demo organisms on the demo world (params: organism)"
+    )
+    train.add_argument("--name", action="append", help="only this organism (repeatable; a key of subjects)")
     command("report", _report, "probe table and AUROC-by-layer plots for every model (params: report)")
     command("sample", _sample, "validate the dataset CSV and draw the sample (params: data)")
     readers = {}  # the stages that build on a finished extraction

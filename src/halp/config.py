@@ -16,6 +16,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -57,11 +58,9 @@ class TinySettings(_Section):
     )
 
 
-class OrganismSettings(_Section):
-    """The demo VLM trained on the demo world (`halp train-demo`); the budget is steps, not seconds."""
+class TrainingRecipe(_Section):
+    """How a demo organism is trained (`halp train-demo`); the budget is steps, not seconds."""
 
-    out_dir: Path = Path("models/demo_vlm")
-    metrics: Path = Path("metrics/demo/train.json")
     seed: int = 0
     n_images: int = Field(3000, ge=1, description="training scenes, drawn apart from the evaluation set")
     false_premise_keep: float = Field(0.3, ge=0, le=1, description="share of false premises trained on")
@@ -72,6 +71,57 @@ class OrganismSettings(_Section):
     curriculum: list[int] = Field(
         [200, 400], description="steps at which shape questions, then all the others, join colour ones"
     )
+    heldout_images: int = Field(
+        100, ge=1, description="scenes of the training world never trained on, asked every eval_every steps"
+    )
+    eval_every: int = Field(250, ge=1, description="steps between held-out evaluations (and after the last)")
+
+
+ORGANISM_ARCHS = ("qwen2_vl", "mllama", "gemma3", "smolvlm")  # the synthetic builders with a "demo" size
+
+
+class Subject(BaseModel):
+    """One organism: its architecture, and any training setting that differs from the shared recipe."""
+
+    model_config = ConfigDict(extra="allow")
+    arch: Literal[ORGANISM_ARCHS]  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _overrides_are_recipe_settings(self) -> Subject:
+        if unknown := sorted(set(self.model_extra or {}) - set(TrainingRecipe.model_fields)):
+            raise ValueError(
+                f"{', '.join(unknown)} is not a training setting; a subject may set arch and any of "
+                f"{', '.join(TrainingRecipe.model_fields)}"
+            )
+        return self
+
+
+class OrganismSettings(_Section):
+    """The demo organisms: small VLMs of several architectures trained here on the demo world, one
+    `train-demo@NAME` stage each, each saved to models_dir/NAME (and extracted as `models.NAME`)."""
+
+    models_dir: Path = Path("models/organisms")
+    metrics_dir: Path = Field(Path("metrics/demo"), description="NAME.json: final loss, held-out accuracy")
+    live_dir: Path = Field(Path("reports/training"), description="NAME/: DVCLive's curves (dvc plots)")
+    recipe: TrainingRecipe = TrainingRecipe()
+    subjects: dict[str, Subject] = Field(default_factory=lambda: {"demo_vlm": Subject(arch="qwen2_vl")})
+
+    @model_validator(mode="after")
+    def _recipes_valid(self) -> OrganismSettings:
+        for name in self.subjects:
+            try:
+                self.recipe_for(name)
+            except ValidationError as err:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                raise ValueError(f"subjects.{name}: {problems}") from None
+        return self
+
+    def recipe_for(self, name: str) -> TrainingRecipe:
+        """The shared recipe with the subject's own settings over it."""
+        if name not in self.subjects:
+            known = ", ".join(sorted(self.subjects)) or "(none)"
+            raise ConfigError(f"unknown organism {name!r}: organism.subjects holds {known}")
+        return TrainingRecipe.model_validate(self.recipe.model_dump() | self.subjects[name].model_extra)
 
 
 class DataSettings(_Section):

@@ -29,7 +29,7 @@ def fitted(tmp_path_factory, tiny_dir) -> Path:
     set_params(folder, {"demo.n_images": 120})
     params = yaml.safe_load((folder / "params.yaml").read_text())
     params["models"] = {
-        "demo_vlm": {"model": str(REPO / "models/demo_vlm"), "layers": [0, 2, 3], "batch_size": 32,
+        "demo_vlm": {"model": str(REPO / "models/organisms/demo_vlm"), "layers": [0, 2, 3], "batch_size": 32,
                      "checkpoint_interval": 200, "max_new_tokens": 10},
     }  # fmt: skip
     params["probe"] = {"seeds": 2, "bootstrap": 50, "workers": 1}
@@ -130,8 +130,10 @@ def test_a_guard_on_other_weights_is_refused_naming_both(fitted, tiny_dir, tmp_p
         Guard.load(folder, model=str(tiny_dir / "qwen2_vl"))
     with pytest.raises(GuardMismatch, match=r"\(128 hidden_size\); this model has 64"):
         Guard.load(folder, loaded=load_tiny("qwen2_vl"))
-    copy = shutil.copytree(REPO / "models/demo_vlm", tmp_path / "copy")
-    assert Guard.load(folder, model=str(copy), loaded=None).card["source"] == str(REPO / "models/demo_vlm")
+    copy = shutil.copytree(REPO / "models/organisms/demo_vlm", tmp_path / "copy")
+    assert Guard.load(folder, model=str(copy), loaded=None).card["source"] == str(
+        REPO / "models/organisms/demo_vlm"
+    )
 
 
 def test_halp_guard_answers_one_question(fitted, guard):

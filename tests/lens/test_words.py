@@ -21,7 +21,7 @@ def every_position(tokenizer) -> SimpleNamespace:
 
 
 def test_every_piece_of_a_bank_row_reads_as_its_whole_word():
-    tokenizer = AutoTokenizer.from_pretrained(REPO / "models/demo_vlm")
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "models/organisms/demo_vlm")
     words = Words(every_position(tokenizer), SENTENCES, tokenizer)
     first = len(tokenizer(SENTENCES[0])["input_ids"])
     assert [tokenizer.decode([i]) for i in tokenizer(SENTENCES[0])["input_ids"][:2]] == ["N", "o"], (
@@ -32,7 +32,7 @@ def test_every_piece_of_a_bank_row_reads_as_its_whole_word():
 
 
 def test_a_vocabulary_piece_reads_as_the_corpus_word_it_is_most_often_part_of():
-    tokenizer = AutoTokenizer.from_pretrained(REPO / "models/demo_vlm")
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "models/organisms/demo_vlm")
     words = Words(every_position(tokenizer), SENTENCES, tokenizer)
     piece = tokenizer(SENTENCES[0])["input_ids"][1]  # "o" of "No"
     unused = tokenizer(" zebra")["input_ids"][-1]

@@ -1,62 +1,90 @@
-"""The demo VLM's training: rows as the model's own chat template, scenes apart from evaluation,
-deterministic weights that load and extract like any checkpoint."""
+"""The organisms' training: one loop for every architecture, rows as each model's own chat template, labels
+on the answers only, scenes apart from evaluation, deterministic weights that load and extract like any
+checkpoint, and curves where DVC looks."""
 
 from __future__ import annotations
 
+import copy
+import csv
+import json
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from halp.config import ModelSettings, OrganismSettings
+from halp.config import ORGANISM_ARCHS, ConfigError, ModelSettings, OrganismSettings, TrainingRecipe
 from halp.data import demo
 from halp.extract.engine import Extractor
 from halp.models.loading import load_model
-from halp.models.synthetic.qwen_vl import build_qwen
-from halp.organism.train import CURRICULUM, TRAINING_STREAM, TrainingSet, train_demo
-
-ALL_KINDS = {kind for phase in CURRICULUM for kind in phase}
-
-
-@pytest.fixture(scope="module")
-def training():
-    _, processor = build_qwen("qwen2_vl", "demo")
-    return processor, TrainingSet(processor, OrganismSettings(n_images=6))
-
-
-def test_a_row_is_the_chat_template_of_the_conversation(training):
-    processor, data = training
-    for image in range(6):
-        order = np.random.default_rng(image).permutation(len(data.turns[image]))
-        ids, labels = data.row(image, ALL_KINDS, np.random.default_rng(image))
-        decode = processor.tokenizer.decode
-        messages = []
-        for n, j in enumerate(order):
-            turn = data.turns[image][j]
-            content = [{"type": "text", "text": decode(turn.question)}]
-            messages.append({"role": "user", "content": ([{"type": "image"}] if n == 0 else []) + content})
-            answer = decode(turn.answer[:-1])
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-        text = processor.apply_chat_template(messages)
-        n_pads = int(data.grids[image].prod()) // 4
-        expected = processor.tokenizer(text.replace("<|image_pad|>", "<|image_pad|>" * n_pads))["input_ids"]
-        assert ids == expected
-        trained = [t for t, label in zip(ids, labels, strict=True) if label != -100]
-        assert trained == [t for j in order for t in data.turns[image][j].answer]
+from halp.models.registry import adapter_for
+from halp.models.synthetic import instantiate
+from halp.organism.train import (
+    KINDS,
+    TRAINING_STREAM,
+    Collator,
+    TrainingSet,
+    conversation,
+    stop_ids,
+    train_organism,
+)
 
 
-def test_the_curriculum_opens_colour_then_shape_then_everything(training):
-    _, data = training
-    settings = OrganismSettings()
-    first, second = settings.curriculum
-    assert data.open_kinds(0, settings) == {"colour"}
-    assert data.open_kinds(first, settings) == {"colour", "shape"}
-    assert data.open_kinds(second, settings) == ALL_KINDS
-    processor, _ = training
-    ids, labels = data.row(0, {"colour"}, np.random.default_rng(0))
-    answers = processor.tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != -100])
-    assert set(answers.replace("<|im_end|>", " ").split()) <= set(demo.COLOURS)
+@pytest.fixture(scope="module", params=ORGANISM_ARCHS)
+def organism(request):
+    torch.manual_seed(0)
+    model, processor = instantiate(request.param, "demo")
+    collate = Collator(processor, adapter_for(model.config.model_type, request.param), stop_ids(model))
+    return model, processor, TrainingSet(collate, TrainingRecipe(n_images=6))
+
+
+def test_a_row_is_the_processors_own_chat_with_labels_on_each_answer_and_its_stop(organism):
+    """The reference tokenises with `apply_chat_template(tokenize=True)`, the image in the message, and
+    finds each answer as what a conversation closed after it adds to its prompt."""
+    model, processor, data = organism
+    batch = data.batch(np.arange(6), set(KINDS), np.random.default_rng(0))
+    orders = np.random.default_rng(0)  # the batch's own draws, in the same sequence
+    stops = set(stop_ids(model))
+
+    for row in range(6):
+        turns = [data.turns[row][j] for j in orders.permutation(len(data.turns[row]))]
+        messages = conversation(turns)
+        with_image = copy.deepcopy(messages)
+        with_image[0]["content"][0]["image"] = data.images[row]
+
+        def tokens(upto: int, prompt: bool = False, chat=with_image) -> list[int]:
+            encoded = processor.apply_chat_template(
+                chat[:upto], tokenize=True, return_dict=True, add_generation_prompt=prompt
+            )
+            return list(encoded["input_ids"][0])
+
+        length = int(batch["attention_mask"][row].sum())
+        assert batch["attention_mask"][row, :length].all(), "right padding: positions start at 0"
+        assert batch["input_ids"][row, :length].tolist() == tokens(len(messages))
+        answers = []
+        for k in range(1, len(messages), 2):
+            prompt, closed = tokens(k, prompt=True), tokens(k + 1)
+            assert closed[: len(prompt)] == prompt
+            added = closed[len(prompt) :]
+            answers += added[: next(i for i, t in enumerate(added) if t in stops) + 1]
+        labels = batch["labels"][row]
+        assert labels[labels != -100].tolist() == answers
+        assert len(answers) > len(turns), "every answer and its stop token"
+
+
+def test_the_curriculum_opens_colour_then_shape_then_everything(organism):
+    model, processor, data = organism
+    recipe = TrainingRecipe()
+    first, second = recipe.curriculum
+    assert data.open_kinds(0, recipe) == {"colour"}
+    assert data.open_kinds(first, recipe) == {"colour", "shape"}
+    assert data.open_kinds(second, recipe) == set(KINDS)
+    rng = np.random.default_rng(0)
+    batch = data.batch(data.draw_images({"colour"}, 4, rng), {"colour"}, rng)
+    answers = processor.tokenizer.decode(batch["labels"][batch["labels"] != -100])
+    for stop in processor.tokenizer.convert_ids_to_tokens(stop_ids(model)):
+        answers = answers.replace(stop, " ")
+    assert answers.split() and set(answers.split()) <= set(demo.COLOURS)
 
 
 def test_training_scenes_are_drawn_apart_from_the_evaluation_set():
@@ -74,16 +102,46 @@ def test_training_scenes_are_drawn_apart_from_the_evaluation_set():
     assert rare_share(training) > 0
 
 
-def test_same_seed_same_weights_loaded_like_any_checkpoint(tmp_path, mixed_batch):
-    settings = dict(n_images=8, steps=3, batch_size=4, curriculum=[1, 2])
-    folders = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        train_demo(OrganismSettings(out_dir=out, metrics=tmp_path / f"{name}.json", **settings))
-        folders.append(out)
-    assert (folders[0] / "model.safetensors").read_bytes() == (folders[1] / "model.safetensors").read_bytes()
-    loaded = load_model(ModelSettings(model=str(folders[0])))
-    assert type(loaded.model).__name__ == "Qwen2VLForConditionalGeneration"
-    extractor = Extractor(loaded, [0, 3], max_new_tokens=4, top_k=5)
+@pytest.mark.parametrize("arch", ORGANISM_ARCHS)
+def test_same_seed_same_weights_loaded_like_any_checkpoint_with_curves(arch, tmp_path, mixed_batch):
+    recipe = dict(n_images=8, steps=3, batch_size=4, curriculum=[1, 2], heldout_images=2, eval_every=2)
+    for run in ("a", "b"):
+        settings = OrganismSettings(
+            models_dir=tmp_path / run,
+            metrics_dir=tmp_path / run,
+            live_dir=tmp_path / run / "live",
+            recipe=recipe,
+            subjects={"it": {"arch": arch}},
+        )
+        train_organism("it", settings)
+    weights = [(tmp_path / run / "it" / "model.safetensors").read_bytes() for run in ("a", "b")]
+    assert weights[0] == weights[1]
+
+    loaded = load_model(ModelSettings(model=str(tmp_path / "a" / "it")))
+    assert loaded.model_type == arch and loaded.n_blocks >= 4
+    extractor = Extractor(loaded, [0, loaded.n_blocks - 1], max_new_tokens=4, top_k=5)
     out = extractor.run(extractor.prepare(*mixed_batch))
-    assert out.query_token.shape == (3, 2, 128) and torch.isfinite(torch.from_numpy(out.query_token)).all()
+    assert out.query_token.shape == (3, 2, 128) and np.isfinite(out.query_token).all()
+
+    summary = json.loads((tmp_path / "a" / "it.json").read_text())
+    assert (
+        summary["arch"] == arch and summary["steps"] == 3 and set(summary["heldout_accuracy"]) <= set(KINDS)
+    )
+    curves = tmp_path / "a" / "live" / "it" / "plots" / "metrics"
+    with (curves / "train" / "loss.tsv").open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f, delimiter="\t")] == [0, 1, 2]
+    with (curves / "heldout" / "colour.tsv").open() as f:  # after step 2 and after the last
+        assert [int(r["step"]) for r in csv.DictReader(f, delimiter="\t")] == [1, 2]
+
+
+def test_a_subject_sets_only_training_settings_and_names_the_bad_one():
+    settings = OrganismSettings(subjects={"slow": {"arch": "mllama", "steps": 9}})
+    assert settings.recipe_for("slow").steps == 9 and settings.recipe_for("slow").seed == 0
+    with pytest.raises(ValueError, match="stepz is not a training setting"):
+        OrganismSettings(subjects={"slow": {"arch": "mllama", "stepz": 9}})
+    with pytest.raises(ValueError, match=r"subjects\.slow: steps: Input should be greater"):
+        OrganismSettings(subjects={"slow": {"arch": "mllama", "steps": 0}})
+    with pytest.raises(ValueError, match="arch"):
+        OrganismSettings(subjects={"slow": {"arch": "phi4mm"}})
+    with pytest.raises(ConfigError, match="unknown organism 'fast'"):
+        settings.recipe_for("fast")

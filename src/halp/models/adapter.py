@@ -79,9 +79,7 @@ class Adapter:
         return int(resolve(model.config, self.image_token_id))
 
     def build_inputs(self, processor: Any, images: Sequence[Image], questions: Sequence[str]) -> BatchFeature:
-        """The model's own chat template around (image, question), batched with left padding, tokenised as
-        `processor.apply_chat_template(..., tokenize=True)` does: a template that renders the BOS itself
-        (Llama-3, Gemma) is tokenised without special tokens, or every row would start with two."""
+        """The model's own chat template around (image, question), batched with left padding."""
         texts = [
             processor.apply_chat_template(
                 [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
@@ -89,13 +87,23 @@ class Adapter:
             )
             for q in questions
         ]
+        return self.encode(processor, texts, images)
+
+    def encode(
+        self, processor: Any, texts: Sequence[str], images: Sequence[Image], **options
+    ) -> BatchFeature:
+        """Rendered chat texts (one image each) through the processor, tokenised as
+        `processor.apply_chat_template(..., tokenize=True)` does: a template that renders the BOS itself
+        (Llama-3, Gemma) is tokenised without special tokens, or every row would start with two.
+        `options` go to the processor (e.g. `padding_side`)."""
         bos = processor.tokenizer.bos_token
         renders_bos = bos is not None and texts[0].startswith(bos)
         batch_images = [[image] for image in images] if self.nest_images else list(images)
         return processor(
-            text=texts,
+            text=list(texts),
             images=batch_images,
             padding=True,
             return_tensors="pt",
             add_special_tokens=not renders_bos,
+            **options,
         )

@@ -9,6 +9,8 @@ transformers 5.23, so this model runs on sdpa or eager.
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 from transformers import BatchFeature
 
@@ -17,6 +19,12 @@ from halp.models.adapter import Adapter
 
 def mean_of_patches(output, inputs: BatchFeature, model: nn.Module) -> Tensor:
     return output.last_hidden_state.float().mean(dim=1)  # [B, P, D] -> [B, D]
+
+
+def pooled_grid(inputs: BatchFeature, model: nn.Module) -> list[tuple[int, int, int]]:
+    """The projector average-pools the square image's patch grid to k x k tokens, row by row."""
+    side = math.isqrt(model.config.mm_tokens_per_image)
+    return [(1, side, side)] * len(inputs["pixel_values"])
 
 
 GEMMA3 = Adapter(
@@ -28,4 +36,5 @@ GEMMA3 = Adapter(
     vision_call=lambda inputs, model: ((), {"pixel_values": inputs["pixel_values"]}),
     nest_images=True,
     flash_attention=False,
+    token_grid=pooled_grid,
 )

@@ -219,6 +219,7 @@ def probe_model(
         "n_samples": len(y),
         "n_hallucinated": int(y.sum()),
         "n_images": len(np.unique(groups)),
+        "num_layers": int(emb.attrs["num_layers"]),  # decoder blocks: a layer's relative depth
         "seeds": settings.seeds,
     }
     table, test_scores = pd.DataFrame(), pd.DataFrame({"sample_id": []})

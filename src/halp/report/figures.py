@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,14 +13,19 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 
-def new(width: float = 6, height: float = 4) -> tuple[Figure, Axes]:
-    return plt.subplots(figsize=(width, height))
+def new(width: float = 6, height: float = 4, panels: int = 1) -> tuple[Figure, Axes | Sequence[Axes]]:
+    """One axes, or a row of `panels` sharing the y axis."""
+    return plt.subplots(1, panels, figsize=(width, height), sharey=True, squeeze=panels == 1)
 
 
-def save(fig: Figure, ax: Axes, out: Path, **labels: str) -> None:
-    """Label the axes (xlabel, ylabel, title), add the legend and write the figure to `out`."""
-    ax.set(**labels)
-    ax.legend(fontsize=7)
+def save(fig: Figure, axes: Axes | Sequence[Axes], out: Path, **labels: str) -> None:
+    """Label the axes (xlabel and title on each, ylabel on the first), add the legend (to the last) and
+    write the figure to `out`."""
+    axes = [axes] if isinstance(axes, Axes) else list(axes)
+    for ax in axes:
+        ax.set(xlabel=labels.get("xlabel", ""), **({"title": labels["title"]} if "title" in labels else {}))
+    axes[0].set_ylabel(labels.get("ylabel", ""))
+    axes[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

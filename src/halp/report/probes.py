@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from halp.probe.headline import METADATA, best_output_baseline, best_probe
-from halp.report import abstention, figures
+from halp.report import abstention, depth, figures
 
 log = logging.getLogger(__name__)
 LAYERED = ("vision_token", "query_token")
@@ -120,7 +120,40 @@ def read_probe_results(path: Path) -> dict:
         ) from None
 
 
-def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
+def plumbing(models: list[str], probes_dir: Path, summary_dir: Path) -> list[str]:
+    """The models that test the plumbing, not the science (random weights): extracted, errors, positions."""
+    lines = [
+        "## Plumbing: models with random weights",
+        "",
+        "Random weights answer nothing right, so no probe can be trained on them: they show that every "
+        "architecture extracts. Positions are read back from what was stored: the query token is the "
+        "prompt's last, the vision token an image token before it.",
+        "",
+        "| model | extracted | errors | positions consistent | hallucinated |",
+        "|---|---|---|---|---|",
+    ]
+    for model in models:
+        if not (summary_dir / f"{model}.json").is_file():
+            lines.append(f"| {model} | not extracted: run `dvc repro extract@{model}` | | | |")
+            continue
+        summary = json.loads((summary_dir / f"{model}.json").read_text())
+        n, found = summary["n_samples"], summary.get("positions", {})
+        consistent = min(found.values()) if found else 0
+        report = (
+            read_probe_results(probes_dir / f"{model}.json")
+            if (probes_dir / f"{model}.json").is_file()
+            else {}
+        )
+        wrong = f"{report['n_hallucinated']} of {report['n_samples']}" if report else "not labelled"
+        lines.append(f"| {model} | {n} | {summary['n_errors']} | {consistent} of {n} | {wrong} |")
+    return [*lines, ""]
+
+
+def write_report(
+    models: list[str], random_weights: list[str], probes_dir: Path, summary_dir: Path, out_dir: Path
+) -> Path:
+    """The trained models' probes (table, figures, verdicts, breakdowns, abstention, AUROC by depth across
+    them); the models with random weights in the plumbing section."""
     pictures, data, curves = out_dir / "figures", out_dir / "plots", out_dir / "risk_coverage"
     for folder in (pictures, data, curves):
         folder.mkdir(parents=True, exist_ok=True)
@@ -128,14 +161,15 @@ def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
     lines = [
         "# Hallucination probes",
         "",
-        "Test AUROC, mean over seeds [95% bootstrap interval] (best layer, probe); splits grouped by image.",
+        "Trained models (the random-weight ones are in the plumbing section below). Test AUROC, mean "
+        "over seeds [95% bootstrap interval] (best layer, probe); splits grouped by image.",
         "",
         "| model | samples (hallucinated) | vision-only | best vision-token | best query-token "
         "| best output baseline | metadata baseline |",
         "|---|---|---|---|---|---|---|",
     ]
-    verdicts = []
-    for model in models:
+    verdicts, grids, blocks = [], {}, {}
+    for model in [m for m in models if m not in random_weights]:
         if not (probes_dir / f"{model}.json").is_file():
             log.warning(
                 "%s has no probe results in %s: run `halp probe --model %s`", model, probes_dir, model
@@ -146,6 +180,7 @@ def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
         rows = pd.read_csv(probes_dir / f"{model}.csv") if report["status"] == "ok" else pd.DataFrame()
         lines.append(table_row(model, report, rows))
         if report["status"] == "ok":
+            grids[model], blocks[model] = rows, report["num_layers"]
             plot_layers(model, rows, pictures / f"{model}.png").to_csv(data / f"{model}.csv", index=False)
             verdicts += [verdict(model, report, rows), "", *breakdown(model, report, rows)]
             if "risk_coverage" in report:
@@ -157,8 +192,21 @@ def write_report(models: list[str], probes_dir: Path, out_dir: Path) -> Path:
         "validation split is flipped for that seed. The metadata baseline scores each question by its "
         "(source, category)'s hallucination rate in the training split.",
         "",
+    ]
+    if grids:
+        table = depth.by_depth(grids, blocks)
+        depth.plot_by_depth(table, pictures / "auroc_by_depth.png")
+        table.to_csv(data / "auroc_by_depth.csv", index=False, lineterminator="\n")
+        lines += [
+            "## By depth, across architectures",
+            "",
+            "![test AUROC by relative depth](figures/auroc_by_depth.png)",
+            "",
+        ]
+    lines += [
         *verdicts,
         *(["## Abstaining before the answer", "", *abstaining] if abstaining else []),
+        *(plumbing(random_weights, probes_dir, summary_dir) if random_weights else []),
     ]
     out = out_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from halp.store.reader import Embeddings
 
@@ -23,6 +24,18 @@ def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(axis=1) / np.maximum(norms, 1e-12)).mean())
 
 
+def positions(meta: pd.DataFrame) -> dict[str, int]:
+    """Rows whose stored positions are consistent: the query token is the prompt's last, the vision token
+    an image token before it (the engine finds both from the ids; this reads back what it stored)."""
+    return {
+        "query_token_last": int((meta.query_token_pos == meta.seq_len - 1).sum()),
+        "vision_token_before_query": int(
+            ((meta.vision_token_pos >= 0) & (meta.vision_token_pos < meta.query_token_pos)).sum()
+        ),
+        "with_image_tokens": int((meta.n_image_tokens > 0).sum()),
+    }
+
+
 def summarize(embeddings: Embeddings) -> dict:
     meta = embeddings.meta
     vision_only = embeddings.get("vision_only")
@@ -37,6 +50,7 @@ def summarize(embeddings: Embeddings) -> dict:
     return {
         "n_samples": len(meta),
         "n_errors": len(embeddings.errors),
+        "positions": positions(meta),
         "vision_only": {**_stats(vision_only), "dim": int(vision_only.shape[1])},
         "layers": layers,
         "answer": {

@@ -1,7 +1,8 @@
 """Randomly initialised models of the real architectures, saved and loaded like real checkpoints.
 
-"tiny" models run the tests and the default pipeline on a CPU; "full" ones have the real checkpoints'
-architecture numbers, for GPU benchmarks (the hub, and so real weights, are out of reach here).
+"tiny" models run the tests and the default pipeline on a CPU; "demo" ones are the organisms trained here
+(`halp.organism`); "full" ones have the real checkpoints' architecture numbers, for GPU benchmarks (the
+hub, and so real weights, are out of reach here).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
+from halp.config import ORGANISM_ARCHS
 from halp.models.synthetic.fast_vlm import build_fast_vlm
 from halp.models.synthetic.gemma3 import build_gemma3
 from halp.models.synthetic.llava_next import build_llava_next
@@ -26,7 +28,7 @@ from halp.models.synthetic.qwen_vl import build_qwen
 from halp.models.synthetic.smolvlm import build_smolvlm
 
 log = logging.getLogger(__name__)
-SIZES = ("tiny", "full")
+SIZES = ("tiny", "demo", "full")
 
 BUILDERS: dict[str, Callable[[str], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "qwen2_vl": partial(build_qwen, "qwen2_vl"),
@@ -51,6 +53,10 @@ def instantiate(arch: str, size: str = "tiny") -> tuple[PreTrainedModel, Process
         raise ValueError(f"no synthetic builder for {arch!r}; known: {', '.join(sorted(BUILDERS))}")
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
+    if size == "demo" and arch not in ORGANISM_ARCHS:
+        raise ValueError(
+            f"{arch} has no demo size; the organisms' architectures: {', '.join(ORGANISM_ARCHS)}"
+        )
     return BUILDERS[arch](size)
 
 

@@ -60,6 +60,8 @@ TINY_DECODER = dict(
     num_key_value_heads=2,
     max_position_embeddings=4096,
 )
+# The trained demo organisms' language model (halp.organism): wider than tiny so it can learn the demo world.
+DEMO_DECODER = TINY_DECODER | dict(hidden_size=128, intermediate_size=384, tie_word_embeddings=True)
 
 
 def token_settings(tokenizer: PreTrainedTokenizerFast, bos: str, eos: str | list[str]) -> dict:

@@ -1,5 +1,7 @@
 """Gemma-3, real classes and processor, random weights: "tiny" has 56-pixel images (4x4 SigLIP patches
-pooled to 2x2 image tokens) and a sliding window shorter than a prompt; "full" has gemma-3-12b-it's."""
+pooled to 2x2 image tokens) and a sliding window shorter than a prompt; "demo" (an organism trained here)
+84-pixel images pooled to 3x3 tokens, one per 28-pixel cell of a square demo image, and a window that
+holds a question's prompt, as gemma-3's 1024 holds its 256 image tokens; "full" has gemma-3-12b-it's."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from transformers import (
     ProcessorMixin,
 )
 
-from halp.models.synthetic.common import TINY_DECODER, token_settings, train_tokenizer
+from halp.models.synthetic.common import DEMO_DECODER, TINY_DECODER, token_settings, train_tokenizer
 
 SPECIALS = [
     "<unk>",
@@ -39,6 +41,8 @@ CHAT_TEMPLATE = (
 TEXT = {
     "tiny": TINY_DECODER
     | dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=16, sliding_window_pattern=2),
+    "demo": DEMO_DECODER
+    | dict(head_dim=32, query_pre_attn_scalar=32, sliding_window=64, sliding_window_pattern=2),
     "full": dict(  # google/gemma-3-12b-it
         vocab_size=262208,
         hidden_size=3840,
@@ -60,11 +64,14 @@ VISION = {  # SigLIP
     "tiny": dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56
     ),
+    "demo": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=84
+    ),
     "full": dict(  # google/siglip-so400m-patch14-384 at 896 pixels
         hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=896
     ),
 }
-IMAGE_TOKENS = {"tiny": 4, "full": 256}  # the projector average-pools the patch grid to this many
+IMAGE_TOKENS = {"tiny": 4, "demo": 9, "full": 256}  # the projector average-pools the patch grid to this many
 
 
 def build_gemma3(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:

@@ -1,5 +1,6 @@
 """Llama-3.2-Vision (Mllama), real classes and processor, random weights: "tiny" has 28-pixel tiles and
-up to 2 tiles per image; "full" has the 11B checkpoint's architecture numbers."""
+up to 2 tiles per image; "demo" (an organism trained here) 84-pixel tiles, one demo image's width, and
+two cross-attention blocks among six; "full" has the 11B checkpoint's architecture numbers."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from transformers import (
     ProcessorMixin,
 )
 
-from halp.models.synthetic.common import TINY_DECODER, token_settings, train_tokenizer
+from halp.models.synthetic.common import DEMO_DECODER, TINY_DECODER, token_settings, train_tokenizer
 
 SPECIALS = [
     "<unk>",
@@ -39,6 +40,12 @@ TEXT = {
     "tiny": TINY_DECODER
     | dict(
         cross_attention_layers=[1],
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
+    "demo": DEMO_DECODER
+    | dict(
+        num_hidden_layers=6,  # 4 self-attention blocks and 2 cross-attention ones, as 32 and 8 in the 11B
+        cross_attention_layers=[1, 4],
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     ),
     "full": dict(  # meta-llama/Llama-3.2-11B-Vision-Instruct
@@ -77,6 +84,18 @@ VISION = {
         supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]],
         intermediate_layers_indices=[0, 1],
         vision_output_dim=32 * 3,
+    ),
+    "demo": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_global_layers=1,
+        attention_heads=4,
+        image_size=84,
+        max_num_tiles=2,
+        supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]],
+        intermediate_layers_indices=[0, 1],
+        vision_output_dim=64 * 3,
     ),
     "full": dict(
         hidden_size=1280,

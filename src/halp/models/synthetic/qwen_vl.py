@@ -19,7 +19,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from halp.models.synthetic.common import TINY_DECODER, token_settings, train_tokenizer
+from halp.models.synthetic.common import DEMO_DECODER, TINY_DECODER, token_settings, train_tokenizer
 
 SPECIALS = [
     "<unk>",
@@ -47,17 +47,8 @@ TEXT = {
     | dict(
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
     ),
-    # the demo VLM trained here (halp.organism): wider than tiny so it can learn the demo world
-    "demo": dict(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
-    ),
+    "demo": DEMO_DECODER
+    | dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}),
     "full": dict(  # identical for both 7B checkpoints
         vocab_size=152064,
         hidden_size=3584,

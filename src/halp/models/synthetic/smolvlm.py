@@ -1,5 +1,6 @@
-"""SmolVLM2, real classes and processor, random weights: "tiny" splits images into up to 2x2 crops of 56
-pixels (4 image tokens each) plus the global image; "full" has SmolVLM2-2.2B-Instruct's numbers."""
+"""SmolVLM2, real classes and processor, random weights: "tiny" and "demo" (an organism trained here) split
+images into up to 2x2 crops of 56 pixels (4 image tokens each) plus the global image; "full" has
+SmolVLM2-2.2B-Instruct's numbers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from transformers import (
     SmolVLMVideoProcessor,
 )
 
-from halp.models.synthetic.common import TINY_DECODER, token_settings, train_tokenizer
+from halp.models.synthetic.common import DEMO_DECODER, TINY_DECODER, token_settings, train_tokenizer
 
 GRID = 4  # <row_r_col_c> tokens up to this many crops a side
 SPECIALS = [
@@ -36,6 +37,7 @@ CHAT_TEMPLATE = (
 )
 TEXT = {
     "tiny": TINY_DECODER | dict(model_type="llama"),
+    "demo": DEMO_DECODER | dict(model_type="llama"),
     "full": dict(  # SmolLM2-1.7B inside HuggingFaceTB/SmolVLM2-2.2B-Instruct
         model_type="llama",
         vocab_size=49280,
@@ -54,12 +56,19 @@ VISION = {  # SigLIP; each crop's patch grid is pixel-shuffled by scale_factor i
     "tiny": dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56
     ),
+    "demo": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=56
+    ),
     "full": dict(
         hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=384
     ),
 }
-SCALE = {"tiny": 2, "full": 3}
-LONGEST_EDGE = {"tiny": 112, "full": 1536}  # images are resized to at most this, then cut into crops
+SCALE = {"tiny": 2, "demo": 2, "full": 3}
+LONGEST_EDGE = {
+    "tiny": 112,
+    "demo": 112,
+    "full": 1536,
+}  # images are resized to at most this, then cut into crops
 
 
 def build_smolvlm(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
