@@ -10,7 +10,9 @@ from halp.models.synthetic import BUILDERS
 
 def test_repository_params_are_valid():
     params = load_params()
-    assert set(params.models) == {*BUILDERS, "demo_vlm"}  # every tiny architecture, and the demo VLM
+    assert set(params.models) == {*BUILDERS, *params.organism.subjects}  # every tiny architecture, organisms
+    for name in params.organism.subjects:  # each organism is extracted from the folder it is trained into
+        assert params.models[name].model == str(params.organism.models_dir / name)
 
 
 def test_every_problem_is_listed_with_its_place(tmp_path):

@@ -18,23 +18,26 @@ from PIL import Image
 from halp.config import load_params
 from halp.models.synthetic import BUILDERS, build_synthetic
 from halp.store import open_bank, open_embeddings, open_vision_tokens
-from tests.conftest import copy_repo, set_params
+from tests.conftest import REPO, copy_repo, set_params
 from tests.extract.test_parallel import assert_same_extraction
 
 pytestmark = pytest.mark.slow
 TINY = tuple(BUILDERS)  # every tiny architecture, as the default pipeline has them
-MODELS = (*TINY, "demo_vlm")
-# The default pipeline, smaller: 64 questions for every model, a demo VLM trained for a few steps only.
+ORGANISMS = tuple(load_params(REPO / "params.yaml").organism.subjects)  # the trained ones
+MODELS = (*TINY, *ORGANISMS)
+# The default pipeline, smaller: 64 questions for every model, organisms trained for a few steps only.
 SMALL = {
     "demo.n_images": 48,
     "data.sample_size": 64,
-    "organism.n_images": 40,
-    "organism.steps": 12,
-    "organism.batch_size": 16,
-    "organism.curriculum": [4, 8],
+    "organism.recipe.n_images": 40,
+    "organism.recipe.steps": 12,
+    "organism.recipe.batch_size": 16,
+    "organism.recipe.curriculum": [4, 8],
+    "organism.recipe.heldout_images": 4,
+    "organism.recipe.eval_every": 6,
     **{f"models.{model}.max_samples": None for model in MODELS},
     # so few steps leave every answer wrong: reviewed labels (half of them correct) let every model's
-    # probes, figures and plots run, as they do in the full default for demo_vlm
+    # probes, figures and plots run, as they do in the full default for the organisms
     "label.overrides": "review.csv",
 }
 REVIEW = "question_id,label\n" + "".join(f"question_comb_{i},{i % 2}\n" for i in range(400))
@@ -84,7 +87,7 @@ def test_committed_lock_matches_the_committed_code_params_and_results(tmp_path):
     stale = stale_stages(root)
     assert not stale, f"{stale}: dvc.lock is stale; run `make repro` and commit dvc.lock with its outputs"
     assert json.loads(run("dvc", "status", "--json", "train-demo", cwd=root)) == {}, (
-        "the trained demo VLM travels with the repository: a fresh clone does not retrain it"
+        "the trained organisms travel with the repository: a fresh clone does not retrain them"
     )
     with (root / "data/overrides.csv").open("a") as reviewed:
         reviewed.write("question_comb_1,1\n")
@@ -99,7 +102,11 @@ def test_committed_lock_matches_the_committed_code_params_and_results(tmp_path):
     assert set(stale_stages(root)) == {f"probe@{model}" for model in MODELS}
     with (root / "src/halp/organism/train.py").open("a") as code:
         code.write("# an edit\n")
-    assert "train-demo" in stale_stages(root)
+    assert {f"train-demo@{name}" for name in ORGANISMS} <= set(stale_stages(root))
+    subprocess.run(["git", "checkout", "src/halp/organism/train.py"], cwd=root, check=True)
+    set_params(root, {"organism.subjects.demo_mllama.learning_rate": 0.001})
+    retrained = {s for s in stale_stages(root) if s.startswith("train-demo")}
+    assert retrained == {"train-demo@demo_mllama"}, "one organism's own setting retrains that one only"
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +121,20 @@ def test_repro_builds_embeddings_and_metrics_for_every_model(repo):
     for model in MODELS:
         emb = open_embeddings(repo / "data/embeddings" / model)
         assert len(emb.meta) == 64 and emb.errors.empty
-        assert emb.layers == ([0, 1, 2, 3] if model == "demo_vlm" else [0, 2, 3])
+        blocks = int(emb.attrs["num_layers"])
+        assert emb.layers == (list(range(blocks)) if model in ORGANISMS else [0, 2, 3])
         summary = json.loads((repo / "metrics/summary" / f"{model}.json").read_text())
         assert summary["n_samples"] == 64 and set(summary["layers"]) == {str(k) for k in emb.layers}
     shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=repo))[""]["data"]
-    assert set(shown) == {f"metrics/headline/{m}.json" for m in MODELS} | {"metrics/demo/train.json"}
+    trained = {f"metrics/demo/{m}.json" for m in ORGANISMS}
+    assert set(shown) == {f"metrics/headline/{m}.json" for m in MODELS} | trained
     detail = json.loads(run("dvc", "metrics", "show", "--json", "metrics/summary/qwen2_5_vl.json", cwd=repo))
     assert detail[""]["data"]["metrics/summary/qwen2_5_vl.json"]["data"]["n_samples"] == 64
-    trained = json.loads((repo / "metrics/demo/train.json").read_text())
-    assert trained["steps"] == 12 and trained["loss_by_100_steps"][0] < 10
+    for name in ORGANISMS:
+        trained = json.loads((repo / "metrics/demo" / f"{name}.json").read_text())
+        assert trained["steps"] == 12 and trained["final_loss"] < 10 and trained["heldout_accuracy"]
+    curves = json.loads(run("dvc", "plots", "show", "--json", "reports/training", cwd=repo))
+    assert {f"reports/training/{m}/plots/metrics/train/loss.tsv" for m in ORGANISMS} <= set(curves)
 
 
 def test_repro_builds_vision_tokens_a_bank_and_lens_readings_for_the_lens_models(repo):
@@ -156,8 +168,13 @@ def test_repro_labels_probes_and_reports_every_model(repo):
             assert f"**{model}**: hallucination rate among the answered" in report  # risk-coverage
             assert (repo / "reports/risk_coverage" / f"{model}.csv").is_file()
     assert "reports/figures" in run("dvc", "plots", "show", "--json", cwd=repo)
-    card = json.loads((repo / "models/guards/demo_vlm/guard.json").read_text())  # guard@demo_vlm ran
-    assert card["model"] == "demo_vlm" and (repo / "models/guards/demo_vlm/probe.safetensors").is_file()
+    assert "## Plumbing: models with random weights" in report
+    main, plumbing = report.split("## Plumbing")
+    assert all(f"| {m} | 64 (" in main for m in ORGANISMS) and not any(f"| {m} |" in main for m in TINY)
+    assert (repo / "reports/figures/auroc_by_depth.png").is_file() and "auroc_by_depth.png" in main
+    for name in load_params(repo / "params.yaml").guard.models:  # guard@NAME ran
+        card = json.loads((repo / "models/guards" / name / "guard.json").read_text())
+        assert card["model"] == name and (repo / "models/guards" / name / "probe.safetensors").is_file()
 
 
 def test_repro_under_the_accelerate_launcher_reproduces_the_single_process_embeddings(repo, tmp_path):
