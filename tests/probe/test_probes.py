@@ -68,7 +68,8 @@ def make_store(
     folder = root / "embeddings" / "m"
     folder.mkdir(parents=True)
     parts = PartFolder(folder, "h")
-    write_part(parts.next_part(), buffer, {"config_hash": "h", "layers": LAYERS}, "float32")
+    attrs = {"config_hash": "h", "layers": LAYERS, "num_layers": len(LAYERS)}
+    write_part(parts.next_part(), buffer, attrs, "float32")
     parts.write_manifest("m", [m["sample_id"] for m in buffer.meta])  # the extraction finished
     (root / "labels").mkdir()
     pd.DataFrame(
@@ -193,7 +194,7 @@ def test_degenerate_labels_give_a_message_not_a_crash(tmp_path):
     assert "2 hallucinated and 238 correct answers" in report["message"]
     headline = json.loads((params.probe.headline_dir / "m.json").read_text())
     assert headline == {"m": {"samples": N, "hallucination_rate": round(2 / N, 4)}}
-    write_report(["m", "new"], params.probe.out_dir, tmp_path / "reports")
+    write_report(["m", "new"], [], params.probe.out_dir, tmp_path / "summary", tmp_path / "reports")
     text = (tmp_path / "reports" / "report.md").read_text()
     assert "| m | 240 | 2 hallucinated" in text
     assert "| new | | not probed: run `halp probe --model new` |" in text
@@ -239,7 +240,7 @@ def test_a_truncated_probe_file_is_named_with_the_command_that_rewrites_it(plant
     probes.mkdir()
     (probes / "m.json").write_text((params.probe.out_dir / "m.json").read_text()[:100])
     with pytest.raises(ValueError, match=r"m.json is not valid JSON .*`halp probe --model m` again"):
-        write_report(["m"], probes, tmp_path / "report")
+        write_report(["m"], [], probes, tmp_path / "summary", tmp_path / "report")
 
 
 def test_grouped_splits_never_share_an_image_and_test_every_sample_once():
@@ -268,7 +269,7 @@ def test_bootstrap_matches_sklearn_on_every_resample():
 
 def test_report_table_and_figures(planted, tmp_path):
     _root, params, _ = planted
-    out = write_report(["m"], params.probe.out_dir, tmp_path)
+    out = write_report(["m"], [], params.probe.out_dir, tmp_path / "summary", tmp_path)
     text = out.read_text()
     assert "| m | 240 (33%) |" in text and f"(L{PLANTED}, " in text
     assert "beats the best output baseline and the metadata baseline (intervals do not overlap)" in text
@@ -282,6 +283,36 @@ def test_report_table_and_figures(planted, tmp_path):
     assert {"guard", "first_token_entropy", "metadata"} <= set(curves.columns)
     assert curves.guard[0.5] < curves.first_token_entropy[0.5] / 2, "the planted layer ranks far better"
     assert (tmp_path / "figures" / "m_risk_coverage.png").stat().st_size > 1000
+
+
+def test_random_weight_models_go_to_the_plumbing_section_and_trained_ones_to_the_depth_figure(
+    planted, tmp_path
+):
+    _root, params, _ = planted
+    probes = params.probe.out_dir
+    summaries = tmp_path / "summary"
+    summaries.mkdir()
+    summary = {
+        "n_samples": N,
+        "n_errors": 2,
+        "positions": {"query_token_last": N, "vision_token_before_query": N - 1},
+    }
+    (summaries / "random.json").write_text(json.dumps(summary))
+    (probes / "random.json").write_text(
+        json.dumps({"status": "degenerate", "n_samples": N, "n_hallucinated": N})
+    )
+    text = write_report(
+        ["m", "random", "unextracted"], ["random", "unextracted"], probes, summaries, tmp_path
+    )
+    main, plumbing = text.read_text().split("## Plumbing: models with random weights")
+    assert "| m | 240 (33%) |" in main and "random" not in main
+    assert f"| random | {N} | 2 | {N - 1} of {N} | {N} of {N} |" in plumbing
+    assert "| unextracted | not extracted: run `dvc repro extract@unextracted` |" in plumbing
+    depth = pd.read_csv(tmp_path / "plots" / "auroc_by_depth.csv")
+    layered = depth[depth.representation == "query_token"].sort_values("layer")
+    assert list(layered.relative_depth) == [0.0, 0.5, 1.0] and set(depth.model) == {"m"}
+    assert layered.set_index("layer").auroc_mean[PLANTED] > 0.9, "the planted layer, at its depth"
+    assert (tmp_path / "figures" / "auroc_by_depth.png").stat().st_size > 1000
 
 
 def test_out_of_fold_scores_test_every_sample_once_and_keep_their_fold(planted):
@@ -346,7 +377,8 @@ def test_auroc_within_each_group_of_the_breakdown(tmp_path):
     assert planted["auroc_in_seen"] > 0.8  # trained on both halves, so below the planted-everywhere 0.95
     assert abs(planted["auroc_in_unseen"] - 0.5) < 0.2
     assert report["groups"]["seen"] == {"n_samples": N // 2, "hallucination_rate": labels[signal].mean()}
-    text = write_report(["m"], params.probe.out_dir, tmp_path / "report").read_text()
+    report_dir = tmp_path / "report"
+    text = write_report(["m"], [], params.probe.out_dir, tmp_path / "summary", report_dir).read_text()
     assert "| | seen | unseen |" in text and f"| query_token L{PLANTED} (" in text
     groups.write_text("question_id\nq1\n")
     with pytest.raises(ValueError, match="two columns"):

@@ -287,6 +287,7 @@ def train_organism(name: str, settings: OrganismSettings) -> Path:
                     accuracy,
                 )
             live.next_step()
+    Path(live.metrics_file).unlink()  # its summary is NAME.json's; only curves go where `dvc plots` looks
     model.eval()
     folder = settings.models_dir / name
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,9 @@
-"""SmolVLM2, real classes and processor, random weights: "tiny" and "demo" (an organism trained here) split
-images into up to 2x2 crops of 56 pixels (4 image tokens each) plus the global image; "full" has
-SmolVLM2-2.2B-Instruct's numbers."""
+"""SmolVLM2, real classes and processor, random weights: "tiny" splits images into up to 2x2 crops of 56
+pixels (4 image tokens each) plus the global image; "demo" (an organism trained here) doubles a demo image
+to 168 pixels and cuts it into 2x2 crops of 84 (3x3 tokens each, so every 28-pixel cell of the demo world
+is 2x2 whole tokens: with 56-pixel crops of a 112-pixel image the cells straddle tokens, and the organism
+learned to see colours and shapes markedly worse in the same steps); "full" has SmolVLM2-2.2B-Instruct's
+numbers."""
 
 from __future__ import annotations
 
@@ -57,18 +60,14 @@ VISION = {  # SigLIP; each crop's patch grid is pixel-shuffled by scale_factor i
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56
     ),
     "demo": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=56
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=84
     ),
     "full": dict(
         hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=384
     ),
 }
 SCALE = {"tiny": 2, "demo": 2, "full": 3}
-LONGEST_EDGE = {
-    "tiny": 112,
-    "demo": 112,
-    "full": 1536,
-}  # images are resized to at most this, then cut into crops
+LONGEST_EDGE = {"tiny": 112, "demo": 168, "full": 1536}  # images are resized to this, then cut into crops
 
 
 def build_smolvlm(size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
