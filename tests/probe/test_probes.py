@@ -305,10 +305,10 @@ def test_random_weight_models_go_to_the_plumbing_section_and_trained_ones_to_the
         ["m", "random", "unextracted"], ["random", "unextracted"], probes, summaries, tmp_path
     )
     main, plumbing = text.read_text().split("## Plumbing: models with random weights")
-    assert "| m | 240 (33%) |" in main and "random" not in main
+    assert "| m | 240 (33%) |" in main and "| random |" not in main
     assert f"| random | {N} | 2 | {N - 1} of {N} | {N} of {N} |" in plumbing
     assert "| unextracted | not extracted: run `dvc repro extract@unextracted` |" in plumbing
-    depth = pd.read_csv(tmp_path / "plots" / "auroc_by_depth.csv")
+    depth = pd.read_csv(tmp_path / "auroc_by_depth.csv")
     layered = depth[depth.representation == "query_token"].sort_values("layer")
     assert list(layered.relative_depth) == [0.0, 0.5, 1.0] and set(depth.model) == {"m"}
     assert layered.set_index("layer").auroc_mean[PLANTED] > 0.9, "the planted layer, at its depth"

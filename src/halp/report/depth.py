@@ -44,10 +44,7 @@ def plot_by_depth(table: pd.DataFrame, out: Path) -> None:
                 ax.axhline(vf.auroc_mean, linestyle="--", color=line.get_color(), linewidth=0.8)
         ax.axhline(0.5, color="black", linewidth=0.5)
         ax.set(xlim=(-0.03, 1.03), title=representation.replace("_", " "))
-    figures.save(
-        fig,
-        axes,
-        out,
-        xlabel="relative depth (block / last block)",
-        ylabel=f"test AUROC, {PROBE} probe (band: 95% interval; dashed: VF)",
+    fig.suptitle(
+        f"{PROBE} probe by relative depth; band: 95% interval; dashed: VF, in the model's colour", size=9
     )
+    figures.save(fig, axes, out, xlabel="relative depth (block / last block)", ylabel="test AUROC")

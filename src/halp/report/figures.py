@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 
 def new(width: float = 6, height: float = 4, panels: int = 1) -> tuple[Figure, Axes | Sequence[Axes]]:
     """One axes, or a row of `panels` sharing the y axis."""
-    return plt.subplots(1, panels, figsize=(width, height), sharey=True, squeeze=panels == 1)
+    fig, axes = plt.subplots(1, panels, figsize=(width, height), sharey=True, squeeze=False)
+    return fig, axes[0, 0] if panels == 1 else list(axes[0])
 
 
 def save(fig: Figure, axes: Axes | Sequence[Axes], out: Path, **labels: str) -> None:

@@ -196,7 +196,7 @@ def write_report(
     if grids:
         table = depth.by_depth(grids, blocks)
         depth.plot_by_depth(table, pictures / "auroc_by_depth.png")
-        table.to_csv(data / "auroc_by_depth.csv", index=False, lineterminator="\n")
+        table.to_csv(out_dir / "auroc_by_depth.csv", index=False, lineterminator="\n")  # its data
         lines += [
             "## By depth, across architectures",
             "",
