@@ -169,7 +169,7 @@ def test_repro_labels_probes_and_reports_every_model(repo):
             assert (repo / "reports/risk_coverage" / f"{model}.csv").is_file()
     assert "reports/figures" in run("dvc", "plots", "show", "--json", cwd=repo)
     assert "## Plumbing: models with random weights" in report
-    main, plumbing = report.split("## Plumbing")
+    main, _ = report.split("## Plumbing")
     assert all(f"| {m} | 64 (" in main for m in ORGANISMS) and not any(f"| {m} |" in main for m in TINY)
     assert (repo / "reports/figures/auroc_by_depth.png").is_file() and "auroc_by_depth.png" in main
     for name in load_params(repo / "params.yaml").guard.models:  # guard@NAME ran
