@@ -366,7 +366,8 @@ def test_the_metadata_baseline_knows_only_the_category(tmp_path, planted):
 def test_auroc_within_each_group_of_the_breakdown(tmp_path):
     labels = balanced_labels()
     signal = np.arange(N) < N // 2  # the label is readable in the first half's states only
-    params = make_store(tmp_path, labels, planted_in=signal)
+    categories = np.where(np.arange(N) % 2 == 0, "even", "odd")
+    params = make_store(tmp_path, labels, planted_in=signal, categories=categories)
     groups = tmp_path / "groups.csv"
     pd.DataFrame(
         {"question_id": [f"q{i}" for i in range(N)], "mechanism": np.where(signal, "seen", "unseen")}
@@ -376,10 +377,14 @@ def test_auroc_within_each_group_of_the_breakdown(tmp_path):
     planted = report["probes"]["query_token"][str(PLANTED)]["logistic"]
     assert planted["auroc_in_seen"] > 0.8  # trained on both halves, so below the planted-everywhere 0.95
     assert abs(planted["auroc_in_unseen"] - 0.5) < 0.2
-    assert report["groups"]["seen"] == {"n_samples": N // 2, "hallucination_rate": labels[signal].mean()}
+    by_category = {c: labels[signal & (categories == c)].mean() for c in ("even", "odd")}
+    expected = {"n_samples": N // 2, "hallucination_rate": labels[signal].mean(), "by_category": by_category}
+    assert report["groups"]["seen"] == expected
     report_dir = tmp_path / "report"
     text = write_report(["m"], [], params.probe.out_dir, tmp_path / "summary", report_dir).read_text()
     assert "| | seen | unseen |" in text and f"| query_token L{PLANTED} (" in text
+    unseen = labels[~signal & (categories == "odd")].mean()
+    assert f"| hallucinated: odd | {by_category['odd']:.0%} | {unseen:.0%} |" in text
     groups.write_text("question_id\nq1\n")
     with pytest.raises(ValueError, match="two columns"):
         probe_model(params, "m")

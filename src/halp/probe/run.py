@@ -207,6 +207,22 @@ def _over_splits(
     return metrics
 
 
+def group_rates(breakdown: np.ndarray, category: np.ndarray, y: np.ndarray) -> dict:
+    """Each group's size and hallucination rate, overall and per question category: where the failures
+    sit before any probe reads them."""
+    rates = {}
+    for g in sorted(set(breakdown)):
+        inside = breakdown == g
+        rates[g] = {
+            "n_samples": int(inside.sum()),
+            "hallucination_rate": float(y[inside].mean()),
+            "by_category": {
+                c: float(y[inside & (category == c)].mean()) for c in sorted(set(category[inside]))
+            },
+        }
+    return rates
+
+
 def probe_model(
     params: Params, model_name: str, control: str | None = None, allow_incomplete: bool = False
 ) -> Path:
@@ -237,13 +253,7 @@ def probe_model(
         if not control:  # selective answering on the out-of-fold test scores: the report's abstention
             report["risk_coverage"] = risk_coverage.evaluate(table, test_scores, settings.bootstrap)
         if breakdown is not None:
-            report["groups"] = {
-                g: {
-                    "n_samples": int((breakdown == g).sum()),
-                    "hallucination_rate": float(y[breakdown == g].mean()),
-                }
-                for g in sorted(set(breakdown))
-            }
+            report["groups"] = group_rates(breakdown, emb.meta.category.to_numpy(), y)
     except DegenerateLabels as err:
         log.warning("%s: no probes trained: %s", model_name, err)
         report |= {"status": "degenerate", "message": str(err)}

@@ -69,6 +69,11 @@ def breakdown(model: str, report: dict, rows: pd.DataFrame) -> list[str]:
         + " | ".join(f"{g['n_samples']} ({g['hallucination_rate']:.0%})" for g in groups.values())
         + " |",
     ]
+    categories = sorted({c for g in groups.values() for c in g.get("by_category", {})})
+    for category in categories:
+        rates = [g["by_category"].get(category) for g in groups.values()]
+        cells = " | ".join("" if r is None else f"{r:.0%}" for r in rates)
+        lines.append(f"| hallucinated: {category} | {cells} |")
     for rep in ("vision_only", *LAYERED):
         if (best := best_probe(rows, rep)) is not None:
             cells = " | ".join(f"{best[f'auroc_in_{g}']:.3f}" for g in groups)
