@@ -133,8 +133,12 @@ def test_repro_builds_embeddings_and_metrics_for_every_model(repo):
     for name in ORGANISMS:
         trained = json.loads((repo / "metrics/demo" / f"{name}.json").read_text())
         assert trained["steps"] == 12 and trained["final_loss"] < 10 and trained["heldout_accuracy"]
-    curves = json.loads(run("dvc", "plots", "show", "--json", "reports/training", cwd=repo))
-    assert {f"reports/training/{m}/plots/metrics/train/loss.tsv" for m in ORGANISMS} <= set(curves)
+    curves = json.loads(run("dvc", "plots", "show", "--json", cwd=repo))  # every plot dvc.yaml declares
+    assert "errors" not in curves, curves.get("errors")
+    for name in ORGANISMS:  # DVCLive's loss curve, drawn against the step
+        (loss,) = curves["data"][f"reports/training/{name}/plots/metrics/train/loss.tsv"]
+        assert loss["content"]["encoding"]["x"]["field"] == "step"
+        assert [int(point["step"]) for point in loss["content"]["data"]["values"]] == list(range(12))
 
 
 def test_repro_builds_vision_tokens_a_bank_and_lens_readings_for_the_lens_models(repo):
@@ -149,7 +153,7 @@ def test_repro_builds_vision_tokens_a_bank_and_lens_readings_for_the_lens_models
         lens = json.loads((repo / "metrics/lens" / f"{model}.json").read_text())
         assert lens["n_images"] == len(images) and set(lens["layers"]) == set(tokens.layer_names)
         assert "LatentLens" in (repo / "reports/lens" / f"{model}.html").read_text()
-        if model != "phi4mm":  # its crops are no grid of the demo's cells: nothing to score against
+        if model != "demo_smolvlm":  # its crops are no grid of the demo's cells: nothing to score against
             assert set(lens["accuracy"]) == {"chance", "tokens", "latent", "embedding", "logit"}
             assert set(lens["model_misses"]) == {"latent", "embedding", "logit"}
     assert "reports/vision_tokens" in run("dvc", "plots", "show", "--json", cwd=repo)
@@ -163,7 +167,7 @@ def test_repro_labels_probes_and_reports_every_model(repo):
         probes = json.loads((repo / "metrics/probes" / f"{model}.json").read_text())
         assert probes["status"] in ("ok", "degenerate")
         assert f"| {model} | 64 " in report
-        if probes["status"] == "ok":
+        if probes["status"] == "ok" and model in ORGANISMS:  # the random models: plumbing only
             assert (repo / "reports/figures" / f"{model}.png").is_file()
             assert f"**{model}**: hallucination rate among the answered" in report  # risk-coverage
             assert (repo / "reports/risk_coverage" / f"{model}.csv").is_file()
