@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv lock repro test lint format bench
+.PHONY: venv lock repro test lint format bench docs
 
 # Exactly the locked set (hash-checked, nothing resolved again), then halp itself on top of it.
 $(VENV)/.installed: $(LOCK) pyproject.toml
@@ -40,6 +40,9 @@ test: venv lint  ## lint, then every test
 lint: venv
 	ruff check .
 	ruff format --check .
+
+docs: venv  ## the manual (docs/, mkdocs.yml) into site/; --strict: a broken link or reference fails
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict
 
 format: venv
 	ruff check --fix .

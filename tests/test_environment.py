@@ -31,7 +31,7 @@ def test_every_locked_package_is_installed_at_its_version():
 
 def test_lock_pins_every_package_with_hashes():
     pins = read_lock(LOCK_FILE)
-    assert pins["transformers"] == "5.23.0"  # 5.24 needs peft>=0.22, not released (README)
+    assert pins["transformers"] == "5.23.0"  # 5.24 needs peft>=0.22, not released (docs/getting-started.md)
     assert {"torch", "pytest", "ruff", "pip-tools", "pip", "setuptools"} <= pins.keys()
     blocks = LOCK_FILE.read_text().split("==")[1:]
     assert len(blocks) == len(pins)

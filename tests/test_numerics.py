@@ -1,4 +1,5 @@
-"""halp's numbers do not depend on whether an Intel CPU offers AVX-512 (not across vendors: README)."""
+"""halp's numbers do not depend on whether an Intel CPU offers AVX-512 (not across vendors:
+docs/reproducibility.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The README's lens tables, printed from the lens metrics `dvc repro` writes (metrics/lens/NAME.json):
+"""The manual's lens tables, printed from the lens metrics `dvc repro` writes (metrics/lens/NAME.json):
 accuracy by layer against the demo world, the same across architectures, and what the lens reads where
 the model answered wrong.
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LENSES = ("latent", "embedding", "logit")
-COLUMNS = {  # README column -> accuracy key
+COLUMNS = {  # the manual's column -> accuracy key
     "colour, top-5": "shape_colour_top5",
     "kind, top-5": "shape_kind_top5",
     "some shape word, top-1": "shape_any_top1",

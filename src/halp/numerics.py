@@ -3,9 +3,9 @@ pick their code path by the instructions a CPU has, and an AVX-512 path sums in 
 one. Capping all three at AVX2, a level every x86-64 CPU of the last decade has, makes a run on an
 AVX-512 Intel CPU compute as an AVX2 one.
 
-What it does not do (README, "What is portable"): make an AMD CPU compute as an Intel one (MKL documents
+What it does not do (docs/reproducibility.md): make an AMD CPU compute as an Intel one (MKL documents
 its AVX2 branch for Intel CPUs; elsewhere it runs its AUTO branch), or fix the thread count, by which
-PyTorch splits some reductions. The trained demo VLM is shipped for that reason, not rebuilt.
+PyTorch splits some reductions. The trained organisms are shipped for that reason, not rebuilt.
 
 It works only before torch loads: `halp`'s command line applies it first thing. A variable already set
 wins, so `ATEN_CPU_CAPABILITY=avx512 halp ...` trades this for speed deliberately.
