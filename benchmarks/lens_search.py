@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import platform
-import subprocess
 import time
 
 import numpy as np
 import torch
 
+from halp.environment import cpu_name
 from halp.lens import search
 from halp.lens.search import consecutive, normalised, top_k
 
@@ -125,17 +124,6 @@ def main() -> None:
             f"  {name:26s} {np.median(times):7.3f} s   {np.median(ratio):5.2f}x {baseline}'s rate "
             f"(rounds {ratio.min():.2f}-{ratio.max():.2f})   top-{args.k} as float32's: {agree:.0%}"
         )
-
-
-def cpu_name() -> str:
-    """The CPU's model name, which the numbers depend on (lscpu's, where there is one)."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    return next(
-        (line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown CPU"
-    )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def moved(committed: ProbeSettings, rerun: ProbeSettings, model: str) -> dict:
         pd.read_csv(rerun.out_dir / f"{model}.csv"), on=KEY, suffixes=("", "_rerun")
     )
     shift = (grid.auroc_mean_rerun - grid.auroc_mean).abs()
-    before, after = best_probe(grid), best_probe(grid, by="auroc_mean_rerun")
+    before, after = best_probe(grid), best_probe(grid, by="val_auroc_mean_rerun")
     baselines = [
         json.loads((s.out_dir / f"{model}.json").read_text())["baselines"] for s in (committed, rerun)
     ]

@@ -103,8 +103,8 @@ def _interval(mean: float, ci: list[float]) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| seed | final loss | hallucinated | best probe | AUROC | best output baseline | metadata | margin "
-        "| intervals apart |",
+        "| seed | final loss | hallucinated | probe (chosen on validation) | test AUROC | output baseline "
+        "| metadata | margin | intervals apart |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -245,7 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         "guard-fit", _guard_fit, "fit and save the probe `halp guard` uses before the answer (params: guard)"
     )
     guard_fit.add_argument("--model", required=True)
-    guard = command("guard", _guard, "each question's risk of a hallucinated answer, before the answer")
+    guard = command(
+        "guard",
+        _guard,
+        "each question's risk of a hallucinated answer, before the answer (what to expect on kinds of "
+        "question the guard never saw: guard.json's unseen_kinds_of_question)",
+    )
     guard.add_argument("--model", required=True)
     guard.add_argument("--image", type=Path, help="one image (with --question)")
     guard.add_argument("--question")

@@ -1,4 +1,4 @@
-"""The locked environment: which installed packages differ from requirements.lock.
+"""The environment numbers depend on: which installed packages differ from requirements.lock, and the CPU.
 
 Embeddings are only comparable when the packages that compute them are the same. The lock pins every
 package; the ones below change numbers when their version changes, so a test fails on them and
@@ -8,7 +8,9 @@ package; the ones below change numbers when their version changes, so a test fai
 from __future__ import annotations
 
 import logging
+import platform
 import re
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -70,3 +72,16 @@ def warn_if_unlocked() -> None:
             mismatch,
             FIX,
         )
+
+
+def cpu_name() -> str:
+    """The CPU a benchmark or a measurement ran on, with its family and model: float results differ in the
+    last digits between vendors and generations."""
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    facts = dict(line.split(":", 1) for line in lines if ":" in line)
+    name = facts.get("Model name", "unknown CPU").strip()
+    family, model = facts.get("CPU family", "").strip(), facts.get("Model", "").strip()
+    return f"{name} (family {family}, model {model})" if family and model else name

@@ -78,6 +78,13 @@ def test_the_card_says_what_the_guard_is_and_how_far_to_trust_it(fitted):
     low, high = card["holdout"]["auroc_ci_low"], card["holdout"]["auroc_ci_high"]
     assert low <= card["holdout"]["auroc"] <= high
     assert {"halp", "torch", "transformers"} <= set(card["versions"])
+    unseen = card["unseen_kinds_of_question"]  # from the probe stage's transfer results for this cell
+    assert unseen["dataset"] == {"not_measured": "one group only (demo_shapes)"}
+    measured = report["transfer"]["category"]["cells"][rep]
+    assert (measured["layer"], measured["probe"]) == (card["layer"], probe)
+    expected = {g: {p: m["auroc_mean"] for p, m in t.items()} for g, t in measured["left_out"].items()}
+    assert unseen["category"] == expected | {"skipped": report["transfer"]["category"]["skipped"]}
+    assert set(expected) == {"attribute", "existence"}, "false premises are never wrong in the demo world"
     assert not list((fitted / "models/guards/demo_vlm").glob("*.pt*")), "no pickle anywhere"
 
 

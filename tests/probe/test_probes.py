@@ -13,11 +13,12 @@ from halp.config import Params
 from halp.label.run import label_model
 from halp.probe import metrics
 from halp.probe.classifiers import StandardisedLinear
+from halp.probe.headline import headline
 from halp.probe.metrics import bootstrap_auroc
 from halp.probe.risk_coverage import GRID, risk_coverage
 from halp.probe.run import load_labelled, probe_grid, probe_model
 from halp.probe.splits import grouped_splits
-from halp.report.probes import write_report
+from halp.report.probes import breakdown, table_row, verdict, write_report
 from halp.store.parts import PartBuffer, PartFolder, write_part
 
 LAYERS = [0, 1, 2]
@@ -133,25 +134,20 @@ def test_low_rank_mlp_finds_the_planted_layer_and_workers_do_not_change_numbers(
     assert abs(auroc(low_rank, "query_token", 0, "mlp") - 0.5) < 0.15
 
 
-def test_the_headline_gives_the_best_probe_of_each_representation_and_the_baselines(planted):
+def test_the_headline_gives_each_representation_s_probe_chosen_on_validation_and_the_baselines(planted):
     _, params, _ = planted
     report = json.loads((params.probe.out_dir / "m.json").read_text())  # the last run's (tests rerun it)
     headline = json.loads((params.probe.headline_dir / "m.json").read_text())
     assert list(headline) == ["m"], "nested under the model, so that its columns name it"
     numbers = headline["m"]
-    best = {
-        (rep, layer): max(auroc(report, rep, layer, p) for p in ("mlp", "logistic"))
-        for rep in ("vision_token", "query_token")
-        for layer in LAYERS
-    }
+    for rep, short in (("vision_only", "vf"), ("vision_token", "vt"), ("query_token", "qt")):
+        cells = [(layer, m) for layer, probes in report["probes"][rep].items() for m in probes.values()]
+        layer, chosen = max(cells, key=lambda cell: cell[1]["val_auroc_mean"])
+        assert numbers[f"{short}_auroc"] == round(chosen["auroc_mean"], 4)
+        assert numbers.get(f"{short}_layer") == (None if rep == "vision_only" else int(layer))
     assert numbers["qt_layer"] == PLANTED
-    assert numbers["qt_auroc"] == round(best["query_token", PLANTED], 4)
-    vt_layer = max(LAYERS, key=lambda layer: best["vision_token", layer])
-    assert numbers["vt_layer"] == vt_layer and numbers["vt_auroc"] == round(best["vision_token", vt_layer], 4)
-    vf = max(auroc(report, "vision_only", "pooled", p) for p in ("mlp", "logistic"))
-    assert numbers["vf_auroc"] == round(vf, 4)
-    outputs = [report["baselines"][b]["auroc_mean"] for b in ("first_token_max_prob", "first_token_entropy")]
-    assert numbers["output_auroc"] == round(max(outputs), 4)
+    outputs = [report["baselines"][b] for b in ("first_token_max_prob", "first_token_entropy")]
+    assert numbers["output_auroc"] == round(max(outputs, key=lambda m: m["val_auroc_mean"])["auroc_mean"], 4)
     assert numbers["metadata_auroc"] == round(report["baselines"]["metadata"]["auroc_mean"], 4)
     assert numbers["samples"] == N and numbers["hallucination_rate"] == round(report["n_hallucinated"] / N, 4)
 
@@ -388,3 +384,99 @@ def test_auroc_within_each_group_of_the_breakdown(tmp_path):
     groups.write_text("question_id\nq1\n")
     with pytest.raises(ValueError, match="two columns"):
         probe_model(params, "m")
+
+
+def metrics_of(val: float, test: float) -> dict:
+    """A grid cell's or a baseline's metrics from its validation and test AUROC."""
+    return {
+        "val_auroc_mean": val,
+        "auroc_mean": test,
+        "auroc_ci_low": test - 0.01,
+        "auroc_ci_high": test + 0.01,
+        "auroc_in_faint": test - 0.1,
+    }
+
+
+def test_every_headline_table_and_breakdown_chooses_on_validation_never_on_test():
+    """A grid whose test AUROCs rank every cell backwards from validation: each reported cell must be
+    validation's choice, shown with its own test AUROC."""
+    layered = [(rep, layer) for rep in ("vision_token", "query_token") for layer in (0, 1)]
+    cells = [("vision_only", None), *layered]
+    rows = pd.DataFrame(
+        [
+            {"representation": rep, "layer": layer, "probe": probe}
+            | metrics_of(val := 0.6 + 0.01 * (2 * i + j), 1.4 - val)
+            for i, (rep, layer) in enumerate(cells)
+            for j, probe in enumerate(("mlp", "logistic"))
+        ]
+    )  # validation chooses the logistic probe of the last layer of each representation
+    report = {
+        "model": "m",
+        "status": "ok",
+        "n_samples": 100,
+        "n_hallucinated": 30,
+        "baselines": {
+            "first_token_max_prob": metrics_of(0.55, 0.70),
+            "first_token_entropy": metrics_of(0.65, 0.60),  # validation's choice
+            "metadata": metrics_of(0.5, 0.5),
+        },
+        "groups": {"faint": {"n_samples": 10, "hallucination_rate": 0.5}},
+    }
+    numbers = headline(report, rows)["m"]
+    assert numbers["vf_auroc"] == round(1.4 - 0.61, 4)
+    assert (numbers["vt_layer"], numbers["vt_auroc"]) == (1, round(1.4 - 0.65, 4))
+    assert (numbers["qt_layer"], numbers["qt_auroc"]) == (1, round(1.4 - 0.69, 4))
+    assert numbers["output_auroc"] == 0.6
+    row = table_row("m", report, rows)
+    assert "| 0.790 [0.78, 0.80] (logistic) |" in row, "vision-only"
+    assert "| 0.710 [0.70, 0.72] (L1, logistic) | 0.600 [0.59, 0.61] (first_token_entropy) |" in row
+    assert "0.710 [0.70, 0.72] (query_token L1, logistic)" in verdict("m", report, rows)
+    table = "\n".join(breakdown("m", report, rows))
+    assert "| query_token L1 (logistic) | 0.610 |" in table and "| first_token_entropy | 0.500 |" in table
+
+
+def test_transfer_trains_on_one_group_and_tests_on_the_others(tmp_path):
+    labels = balanced_labels()
+    signal = np.arange(N) < N // 2  # the label is readable in the "seen" half's states only
+    categories = np.where(np.arange(N) % 2 == 0, "even", "odd")
+    categories[(labels == 0) & (np.arange(N) % 7 == 0)] = "easy"  # a kind of question never got wrong
+    params = make_store(tmp_path, labels, planted_in=signal, categories=categories)
+    groups = tmp_path / "groups.csv"
+    pd.DataFrame(
+        {"question_id": [f"q{i}" for i in range(N)], "mechanism": np.where(signal, "seen", "unseen")}
+    ).to_csv(groups, index=False)
+    params.probe.breakdown = groups
+    transfer = json.loads(probe_model(params, "m").read_text())["transfer"]
+    assert transfer["dataset"] == {"skipped_because": "one group only (s)", "skipped": {}}
+    easy = int((categories == "easy").sum())
+    assert transfer["category"]["skipped"] == {
+        "easy": f"0 of {easy} samples hallucinated: fewer than 5 of each class"
+    }
+    assert list(transfer["category"]["groups"]) == ["even", "odd"]
+    by_mechanism = transfer["mechanism"]["cells"]["query_token"]
+    assert (by_mechanism["layer"], set(transfer["mechanism"]["cells"])) == (
+        PLANTED,
+        {"vision_only", "vision_token", "query_token"},
+    )
+    seen = by_mechanism["trained_on"]["seen"]
+    assert seen["seen"]["auroc_mean"] > 0.8 and seen["seen"]["n_seeds"] == params.probe.seeds
+    assert seen["seen"]["auroc_ci_low"] < seen["seen"]["auroc_mean"] < seen["seen"]["auroc_ci_high"]
+    assert abs(seen["unseen"]["auroc_mean"] - 0.5) < 0.2, "what the seen half learned is not in the other"
+    left_out = by_mechanism["left_out"]["seen"]
+    assert abs(left_out["out_of_group"]["auroc_mean"] - 0.5) < 0.2, "trained on the unseen half only"
+    assert left_out["in_distribution"]["auroc_mean"] > 0.8, "HALP's protocol: trained on both halves"
+    across = transfer["category"]["cells"]["query_token"]["trained_on"]["even"]["odd"]
+    assert across["auroc_mean"] > 0.7, "even and odd questions share the planted signal"
+    report_dir = tmp_path / "report"
+    text = write_report(["m"], [], params.probe.out_dir, tmp_path / "summary", report_dir).read_text()
+    unseen = text.split("## Questions unlike the training set")[1]
+    assert "**m** across dataset: not measured, one group only (s)." in unseen
+    assert "across category (rows: trained on; columns: tested on). easy left out: 0 of" in unseen
+    for grouping in ("category", "mechanism"):
+        assert (report_dir / "figures" / f"m_transfer_{grouping}.png").stat().st_size > 1000
+    inside, outside = left_out["in_distribution"], left_out["out_of_group"]
+    row = f"| mechanism | seen | QT L{PLANTED} {by_mechanism['probe']} | {inside['auroc_mean']:.3f} ["
+    assert row in unseen and f"] | {outside['auroc_mean']:.3f} [" in unseen
+    assert "m: a kind of question (mechanism) never seen in training moves the probes' AUROC" in unseen
+    plotted = pd.read_csv(report_dir / "transfer" / "m.csv")
+    assert len(plotted) == 3 * (2 + 2) and plotted.out_of_group_mean.between(0, 1).all()

@@ -26,7 +26,7 @@ from halp.guard.guard import CARD, WEIGHTS, calibrated
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import read_config
 from halp.probe.classifiers import LEARNING_RATE, train_probes
-from halp.probe.headline import best_probe
+from halp.probe.headline import best_probe, cell_layer
 from halp.probe.metrics import auroc, bootstrap_auroc
 from halp.probe.run import load_labelled
 from halp.probe.splits import check_labels, grouped_splits
@@ -51,7 +51,7 @@ def choose_cell(rows: pd.DataFrame, params: Params, model_name: str, source: Pat
             f"{sorted(int(k) for k in rows.layer.dropna().unique())} and probes "
             f"{sorted(rows.probe.unique())}. Change guard in {params._source}"
         )
-    return best_probe(chosen, by="val_auroc_mean")
+    return best_probe(chosen)
 
 
 def coverage_thresholds(risk: np.ndarray, coverages: list[float]) -> dict[str, float]:
@@ -68,7 +68,7 @@ def fit_guard(params: Params, model_name: str, allow_incomplete: bool = False) -
     check_labels(y, groups)
     cell = choose_cell(pd.read_csv(table), params, model_name, table)
     rep, kind = cell.representation, cell.probe
-    layer = None if pd.isna(cell.layer) else int(cell.layer)
+    layer = cell_layer(cell)
     x = np.asarray(emb.get(rep, layer), np.float32)
     split = train, val, test = grouped_splits(y, groups, 1)[0]
     trained = train_probes(x, y, split, [kind], seed=0, rank=params.probe.mlp_rank)[kind]
@@ -114,6 +114,7 @@ def fit_guard(params: Params, model_name: str, allow_incomplete: bool = False) -
             "auroc_ci_high": float(np.percentile(boots, 97.5)),
             "at_coverage": {c: _answered(y[test], risk["test"], t) for c, t in thresholds.items()},
         },
+        "unseen_kinds_of_question": unseen_kinds(params.probe.out_dir / f"{model_name}.json", cell),
         "calibration": calibration | {"method": "Platt scaling on the calibration rows"},
         "thresholds": thresholds,
         "versions": {name: version(name) for name in PACKAGES},
@@ -127,6 +128,33 @@ def fit_guard(params: Params, model_name: str, allow_incomplete: bool = False) -
         "%s guard: %s layer %s %s, holdout AUROC %.3f", model_name, rep, layer, kind, card["holdout"]["auroc"]
     )
     return folder
+
+
+def unseen_kinds(probe_results: Path, cell: pd.Series) -> dict:
+    """What to expect on a kind of question the guard never saw: per grouping (dataset, category, the
+    breakdown's column), each group's test AUROC when left out of training beside that with it, from the
+    probe stage's transfer results for this cell; a reason where they do not exist."""
+    transfer = json.loads(probe_results.read_text()).get("transfer") if probe_results.is_file() else None
+    if transfer is None:
+        return {"not_measured": f"{probe_results} holds no transfer results: run `halp probe` again"}
+    expected = {}
+    for grouping, found in transfer.items():
+        measured = found.get("cells", {}).get(cell.representation)
+        if measured is None:
+            expected[grouping] = {
+                "not_measured": found.get("skipped_because", "no cell of this representation")
+            }
+        elif (measured["layer"], measured["probe"]) != (cell_layer(cell), cell.probe):
+            expected[grouping] = {
+                "not_measured": f"transfer was measured for {cell.representation} layer {measured['layer']} "
+                f"{measured['probe']}, the cell chosen on validation, not this guard's"
+            }
+        else:
+            expected[grouping] = {
+                group: {protocol: tested[protocol].get("auroc_mean") for protocol in tested}
+                for group, tested in measured["left_out"].items()
+            } | {"skipped": found["skipped"]}
+    return expected
 
 
 def _constrained(params: Params) -> bool:

@@ -64,10 +64,10 @@ def evaluate(rows: pd.DataFrame, scores: pd.DataFrame, bootstrap: int) -> dict:
     `halp guard-fit` saves; key "guard"), the one of each representation, and the output and metadata
     baselines: what the report's abstention section shows. `rows` is the grid's table, `scores` the
     test-score table (a column per probe, `score_column`, and per baseline)."""
-    guard = best_probe(rows, by="val_auroc_mean")
+    guard = best_probe(rows)
     candidates = {"guard": (f"guard: {probe_label(guard)}", score_column(guard))}  # key: the plot's column
     for rep in ("vision_only", "vision_token", "query_token"):
-        if (best := best_probe(rows, rep, by="val_auroc_mean")) is not None:
+        if (best := best_probe(rows, rep)) is not None:
             candidates[rep] = (probe_label(best), score_column(best))
     candidates |= {name: (name, name) for name in BASELINES if name in scores}
     evaluated = {

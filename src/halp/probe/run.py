@@ -17,9 +17,10 @@ from halp.config import Params, ProbeSettings
 from halp.label.run import read_verdicts
 from halp.probe import risk_coverage
 from halp.probe.classifiers import fit_probes
-from halp.probe.headline import headline
+from halp.probe.headline import best_probe, cell_layer, headline
 from halp.probe.metrics import aggregate, auroc, bootstrap_auroc, evaluate
 from halp.probe.splits import N_FOLDS, DegenerateLabels, Split, check_labels, grouped_splits
+from halp.probe.transfer import transfer
 from halp.store import Embeddings, open_finished
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,9 @@ def oriented(y_val: np.ndarray, s_val: np.ndarray, s_test: np.ndarray) -> tuple[
     return (-s_val, -s_test, True) if flip else (s_val, s_test, False)
 
 
-def read_breakdown(path: Path | None, sample_ids: pd.Series) -> np.ndarray | None:
-    """Each sample's group from a CSV (question_id and one column, e.g. the demo's planted mechanism);
-    samples it does not list are "unlisted"."""
+def read_breakdown(path: Path | None, sample_ids: pd.Series) -> pd.Series | None:
+    """Each sample's group from a CSV (question_id and one column, e.g. the demo's planted mechanism),
+    named by that column; samples it does not list are "unlisted"."""
     if path is None:
         return None
     if not path.is_file():
@@ -70,7 +71,7 @@ def read_breakdown(path: Path | None, sample_ids: pd.Series) -> np.ndarray | Non
             f"{path} must have two columns, question_id and a group; it has {list(table.columns)}"
         )
     groups = table.set_index("question_id").iloc[:, 0]
-    return sample_ids.map(groups).fillna("unlisted").to_numpy()
+    return sample_ids.map(groups).fillna("unlisted").rename(groups.name).reset_index(drop=True)
 
 
 def load_labelled(
@@ -223,6 +224,24 @@ def group_rates(breakdown: np.ndarray, category: np.ndarray, y: np.ndarray) -> d
     return rates
 
 
+def transfer_report(
+    emb: Embeddings,
+    y: np.ndarray,
+    images: np.ndarray,
+    table: pd.DataFrame,
+    settings: ProbeSettings,
+    breakdown: pd.Series | None,
+) -> dict:
+    """Each representation's cell chosen on validation, trained on one group and tested on the others,
+    for the groups of the samples' dataset, category and the breakdown's column."""
+    labels = {"dataset": emb.meta.source.to_numpy(), "category": emb.meta.category.to_numpy()}
+    if breakdown is not None:
+        labels[str(breakdown.name)] = breakdown.to_numpy()
+    chosen = [best_probe(table, rep) for rep in ("vision_only", "vision_token", "query_token")]
+    cells = [(row, emb.get(row.representation, cell_layer(row))) for row in chosen if row is not None]
+    return transfer(cells, y, grouped_splits(y, images, settings.seeds), labels, settings)
+
+
 def probe_model(
     params: Params, model_name: str, control: str | None = None, allow_incomplete: bool = False
 ) -> Path:
@@ -244,16 +263,18 @@ def probe_model(
         keys = (emb.meta.source + " / " + emb.meta.category).to_numpy()
         baselines = output_baselines(emb) | {"metadata": partial(metadata_scores, keys, y)}
         breakdown = read_breakdown(settings.breakdown, emb.meta.sample_id)
+        by_group = None if breakdown is None else breakdown.to_numpy()
         rows, baselines, scores = probe_grid(
-            representations(emb), baselines, y, groups, settings, control, breakdown
+            representations(emb), baselines, y, groups, settings, control, by_group
         )
         test_scores = pd.concat([emb.meta.sample_id.reset_index(drop=True), scores], axis=1)
         table = pd.DataFrame(rows)
         report |= {"status": "ok", "probes": _nest(rows), "baselines": baselines}
         if not control:  # selective answering on the out-of-fold test scores: the report's abstention
             report["risk_coverage"] = risk_coverage.evaluate(table, test_scores, settings.bootstrap)
+            report["transfer"] = transfer_report(emb, y, groups, table, settings, breakdown)
         if breakdown is not None:
-            report["groups"] = group_rates(breakdown, emb.meta.category.to_numpy(), y)
+            report["groups"] = group_rates(by_group, emb.meta.category.to_numpy(), y)
     except DegenerateLabels as err:
         log.warning("%s: no probes trained: %s", model_name, err)
         report |= {"status": "degenerate", "message": str(err)}

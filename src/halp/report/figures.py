@@ -20,13 +20,14 @@ def new(width: float = 6, height: float = 4, panels: int = 1) -> tuple[Figure, A
 
 
 def save(fig: Figure, axes: Axes | Sequence[Axes], out: Path, **labels: str) -> None:
-    """Label the axes (xlabel and title on each, ylabel on the first), add the legend (to the last) and
-    write the figure to `out`."""
+    """Label the axes (xlabel and title on each, ylabel on the first), add the legend (to the last, if
+    anything is labelled) and write the figure to `out`."""
     axes = [axes] if isinstance(axes, Axes) else list(axes)
     for ax in axes:
         ax.set(xlabel=labels.get("xlabel", ""), **({"title": labels["title"]} if "title" in labels else {}))
     axes[0].set_ylabel(labels.get("ylabel", ""))
-    axes[-1].legend(fontsize=7)
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -9,14 +9,22 @@ from pathlib import Path
 import pandas as pd
 
 from halp.probe.headline import METADATA, best_output_baseline, best_probe
-from halp.report import abstention, depth, figures
+from halp.report import abstention, depth, figures, transfer
 
 log = logging.getLogger(__name__)
 LAYERED = ("vision_token", "query_token")
+TRANSFER_HEADING = "## Questions unlike the training set"
+TRANSFER_INTRO = (
+    "Each representation's cell chosen on validation, trained on the training rows of one group of "
+    "questions and tested on every group's test rows (the same splits, grouped by image; the diagonal is "
+    "the in-group ceiling), then trained on all groups but one and tested on the one left out, beside the "
+    "probe trained on every group (HALP's protocol) on the same rows. Mean test AUROC over seeds [95% "
+    "bootstrap interval]."
+)
 
 
 def _cell(rows: pd.DataFrame, representation: str) -> str:
-    """The representation's best row: AUROC with its 95% interval, layer and probe."""
+    """The representation's row chosen on validation: test AUROC with its 95% interval, layer and probe."""
     if (best := best_probe(rows, representation)) is None:
         return "n/a"
     where = "" if pd.isna(best.layer) else f"L{int(best.layer)}, "
@@ -38,12 +46,12 @@ def table_row(model: str, report: dict, rows: pd.DataFrame) -> str:
 
 
 def verdict(model: str, report: dict, rows: pd.DataFrame) -> str:
-    """Whether the best probe beats both baselines with 95% intervals that do not overlap."""
+    """Whether the probe chosen on validation beats both baselines with 95% intervals that do not overlap."""
     best = best_probe(rows)
     name, output = best_output_baseline(report)
     rivals = {name: output, f"{METADATA} baseline": report["baselines"][METADATA]}
     beaten = [n for n, m in rivals.items() if best.auroc_ci_low > m["auroc_ci_high"]]
-    text = f"**{model}**: best probe {_interval(best)} ({_where(best)}, {best.probe}) "
+    text = f"**{model}**: the probe chosen on validation, {_interval(best)} ({_where(best)}, {best.probe}) "
     if len(beaten) == len(rivals):
         return text + "beats the best output baseline and the metadata baseline (intervals do not overlap)."
     unbeaten = ", ".join(f"{n} {_interval(m)}" for n, m in rivals.items() if n not in beaten)
@@ -56,12 +64,14 @@ def _where(best: pd.Series) -> str:
 
 def breakdown(model: str, report: dict, rows: pd.DataFrame) -> list[str]:
     """Test AUROC within each group of `probe.breakdown` (e.g. the demo's planted mechanisms), for the
-    best probe of each representation and for the baselines: which representation reads which failure."""
+    probe of each representation chosen on validation and for the baselines: which representation reads
+    which failure."""
     groups = report.get("groups", {})
     if not groups:
         return []
     lines = [
-        f"**{model}** within each group (test AUROC; best layer and probe of each representation):",
+        f"**{model}** within each group (test AUROC; each representation's layer and probe chosen on "
+        "validation):",
         "",
         "| | " + " | ".join(groups) + " |",
         "|---|" + "---|" * len(groups),
@@ -160,17 +170,19 @@ def write_report(
     """The trained models' probes (table, figures, verdicts, breakdowns, abstention, AUROC by depth across
     them); the models with random weights in the plumbing section."""
     pictures, data, curves = out_dir / "figures", out_dir / "plots", out_dir / "risk_coverage"
-    for folder in (pictures, data, curves):
+    carried = out_dir / "transfer"
+    for folder in (pictures, data, curves, carried):
         folder.mkdir(parents=True, exist_ok=True)
-    abstaining = []
+    abstaining, transferring = [], []
     lines = [
         "# Hallucination probes",
         "",
         "Trained models (the random-weight ones are in the plumbing section below). Test AUROC, mean "
-        "over seeds [95% bootstrap interval] (best layer, probe); splits grouped by image.",
+        "over seeds [95% bootstrap interval] (layer, probe), each cell and baseline chosen by validation "
+        "AUROC, never by test; splits grouped by image.",
         "",
-        "| model | samples (hallucinated) | vision-only | best vision-token | best query-token "
-        "| best output baseline | metadata baseline |",
+        "| model | samples (hallucinated) | vision-only | vision-token | query-token "
+        "| output baseline | metadata baseline |",
         "|---|---|---|---|---|---|---|",
     ]
     verdicts, grids, blocks = [], {}, {}
@@ -191,6 +203,10 @@ def write_report(
             if "risk_coverage" in report:
                 figure, plot_data = pictures / f"{model}_risk_coverage.png", curves / f"{model}.csv"
                 abstaining += abstention.section(model, report["risk_coverage"], figure, plot_data)
+            if "transfer" in report:
+                transferring += transfer.section(
+                    model, report["transfer"], pictures, carried / f"{model}.csv"
+                )
     lines += [
         "",
         "Output baselines score from the first generated token; one that ranks backwards on a seed's "
@@ -211,6 +227,7 @@ def write_report(
     lines += [
         *verdicts,
         *(["## Abstaining before the answer", "", *abstaining] if abstaining else []),
+        *([TRANSFER_HEADING, "", TRANSFER_INTRO, "", *transferring] if transferring else []),
         *(plumbing(random_weights, probes_dir, summary_dir) if random_weights else []),
     ]
     out = out_dir / "report.md"
