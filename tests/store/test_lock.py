@@ -11,7 +11,7 @@ import time
 import pytest
 
 from halp.store import open_embeddings
-from halp.store.lock import lock_path, writing
+from halp.store.lock import FolderBusy, lock_path, writing
 from tests.conftest import halp, set_params
 
 MODEL = "qwen2_vl"
@@ -26,6 +26,16 @@ def test_a_second_extract_on_a_held_folder_is_refused_naming_the_holder(workspac
     assert not folder.exists() or not list(folder.iterdir()), "the refused run wrote nothing"
     halp("extract", "--model", MODEL, cwd=workspace)  # released: the next run goes
     assert open_embeddings(folder).manifest is not None
+
+
+def test_a_folder_reached_through_a_symlink_is_the_same_folder_and_refused(tmp_path):
+    folder = tmp_path / "embeddings" / MODEL
+    folder.mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / MODEL).symlink_to(folder)  # another run's out_dir, pointing at this one
+    held = pytest.raises(FolderBusy, match=f"{folder} is being written by pid {os.getpid()}")
+    with writing(folder), held, writing(tmp_path / "other" / MODEL):
+        pass
 
 
 def test_with_wait_a_second_run_starts_after_the_first_and_nothing_is_lost_or_doubled(workspace):

@@ -33,8 +33,10 @@ def lock_path(folder: Path) -> Path:
 @contextmanager
 def writing(folder: Path, wait: bool = False, main: bool = True) -> Iterator[None]:
     """Hold `folder`'s lock while the body writes it; refuse (or with `wait`, wait) if another run does.
-    Of a data-parallel run's processes the main one takes it (`main`), unless its launcher holds it."""
-    if not main or os.environ.get(HELD) == str(folder.resolve()):
+    Of a data-parallel run's processes the main one takes it (`main`), unless its launcher holds it.
+    The folder is resolved first: a path through a symlink is the folder it points at, and its lock."""
+    folder = folder.resolve()
+    if not main or os.environ.get(HELD) == str(folder):
         yield
         return
     path = lock_path(folder)
