@@ -304,3 +304,26 @@ def test_part_numbers_past_five_digits_are_parts_too(tmp_path):
     path = write(tmp_path, [0])
     path.rename(tmp_path / "part-100000.h5")  # next_part's name once 100,000 parts were numbered
     assert list(open_embeddings(tmp_path).meta.sample_id) == ["q0"]
+
+
+def test_a_finished_folder_missing_a_part_is_refused_naming_it(tmp_path):
+    write(tmp_path, [0, 1, 2])
+    second = write(tmp_path, [3, 4])
+    PartFolder(tmp_path, "abc").write_manifest("m", [f"q{i}" for i in range(5)])
+    assert len(open_embeddings(tmp_path).meta) == 5
+    second.unlink()  # deleted after the run finished
+    with pytest.raises(ValueError, match=rf"lists \(missing: {second.name}\).*halp extract --model"):
+        open_embeddings(tmp_path)
+    write(tmp_path, [3, 4])  # back as it was
+    assert len(open_embeddings(tmp_path).meta) == 5
+    shutil.copy(second, tmp_path / "part-00009.h5")  # a part the run never wrote
+    with pytest.raises(ValueError, match=r"lists \(not listed: part-00009.h5\)"):
+        open_embeddings(tmp_path)
+
+
+def test_no_manifest_is_written_over_samples_a_removed_part_took_with_it(tmp_path):
+    write(tmp_path, [0, 1, 2])
+    write(tmp_path, [3], errors=[4]).unlink()  # removed while the run went
+    with pytest.raises(PartWriteError, match=r"2 of 5 samples .* neither a stored row nor a recorded error"):
+        PartFolder(tmp_path, "abc").write_manifest("m", [f"q{i}" for i in range(5)])
+    assert not (tmp_path / "manifest.json").exists()

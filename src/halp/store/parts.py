@@ -429,7 +429,17 @@ class PartFolder:
         return path
 
     def write_manifest(self, model: str, order: list[str]) -> None:
-        """Record the parts and the sampled order; the reader presents rows in this order."""
+        """Record the parts and the sampled order; the reader presents rows in this order. Refused while
+        a sample of the order has neither a stored row nor a recorded error: a part removed while the run
+        went would otherwise be finished work that silently lacks its rows."""
+        accounted = set(self.extracted()) | set(self.failures())
+        if unaccounted := [sample_id for sample_id in order if sample_id not in accounted]:
+            raise PartWriteError(
+                f"{len(unaccounted)} of {len(order)} samples of {self.folder} have neither a stored row nor "
+                f"a recorded error (e.g. {', '.join(unaccounted[:3])}): a part was removed while the run "
+                "went. No manifest was written, so nothing downstream reads the folder as whole; run the "
+                "same command again to extract them"
+            )
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "model": model,

@@ -58,6 +58,23 @@ class Parts:
             )
         manifest = self.folder / MANIFEST
         self.manifest: dict[str, Any] | None = json.loads(manifest.read_text()) if manifest.exists() else None
+        if self.manifest is not None:
+            self._check_parts(set(self.manifest["parts"]), {part.name for part in found})
+
+    def _check_parts(self, listed: set[str], present: set[str]) -> None:
+        """A finished folder holds exactly the parts its manifest lists: with one gone, its samples would
+        be missing from every stage downstream without a word."""
+        if listed == present:
+            return
+        missing, extra = sorted(listed - present), sorted(present - listed)
+        found = [f"missing: {', '.join(missing)}"] if missing else []
+        found += [f"not listed: {', '.join(extra)}"] if extra else []
+        raise ValueError(
+            f"{self.folder} does not hold the parts its {MANIFEST} lists ({'; '.join(found)}): the folder "
+            "changed after its run finished. `dvc checkout` (or `dvc pull`) restores a tracked folder; "
+            f"otherwise run `{self.command.replace('NAME', self.folder.name)}` again, which keeps the parts "
+            "present and extracts what is missing"
+        )
 
     @cached_property
     def attrs(self) -> dict[str, Any]:
