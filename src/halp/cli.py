@@ -126,7 +126,8 @@ def _guard_fit(params: Params, args: argparse.Namespace) -> None:
 
 
 def _guard(params: Params, args: argparse.Namespace) -> None:
-    from halp.guard.run import assess_csv, assess_question, load_guard
+    from halp.guard.run import assess_csv, assess_question, load_guard, read_questions, run_settings
+    from halp.store.lock import writing
 
     if (args.csv is None) == (args.image is None):
         raise ConfigError("halp guard takes either --image IMG --question TEXT, or --csv FILE --out FILE")
@@ -134,12 +135,20 @@ def _guard(params: Params, args: argparse.Namespace) -> None:
         raise ConfigError("--image needs --question TEXT")
     if args.csv is not None and args.out is None:
         raise ConfigError("--csv needs --out FILE (a rerun resumes it)")
+    questions = None if args.csv is None else read_questions(params, args.csv, args.out, args.batch_size)
     guard = load_guard(params, args.model, args.coverage)
-    if args.image is not None:
+    if questions is None:
         print(assess_question(guard, args.image, args.question, args.abstain))
         return
-    assessed, failed = assess_csv(guard, params, args.csv, args.out, args.abstain, args.batch_size)
+    settings = run_settings(params.guard.out_dir / args.model, args.coverage, args.abstain)
+    with writing(args.out, args.wait):  # one writer per output, as per part folder
+        assessed, failed = assess_csv(guard, questions, args.out, settings, args.batch_size)
     log.info("guard -> %s (%d rows assessed, %d with an error)", args.out, assessed, failed)
+    if assessed and failed == assessed:
+        raise ValueError(
+            f"none of the {assessed} rows could be assessed: {args.out} holds each row's error. Fix them "
+            "(e.g. data.images_dir) and run the same command again: it tries those rows again"
+        )
 
 
 def _report(params: Params, args: argparse.Namespace) -> None:
@@ -261,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     guard.add_argument("--coverage", type=float, default=0.8, help="the saved threshold to flag at")
     guard.add_argument("--abstain", action="store_true", help="flagged questions get no answer (one prefill)")
     guard.add_argument("--batch-size", type=int, default=8)
-    for sub in (readers["extract"], bank, lens, tokens):
+    for sub in (readers["extract"], bank, lens, tokens, guard):
         sub.add_argument(
             "--wait", action="store_true", help="if another run writes the same folder, start after it"
         )

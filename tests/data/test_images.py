@@ -75,3 +75,10 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
         load_image(str(tmp_path / "bad.png"))
     assert file_digest(str(tmp_path / "gone.png")) == ""
     assert len(file_digest(str(tmp_path / "bad.png"))) == 64
+
+
+def test_a_decompression_bomb_is_a_data_error_naming_the_limit(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (15000, 15000)).save(path)  # 27 KB on disk, 225 million pixels
+    with pytest.raises(ValueError, match=r"bomb.png is too large to decode safely .*exceeds limit"):
+        load_image(str(path))

@@ -57,5 +57,10 @@ def load_image(path: str) -> Image.Image:
             return to_rgb(image, path)
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path} (check data.images_dir)") from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(
+            f"image {path} is too large to decode safely ({err}); resize it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if the file is trusted"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"image {path} cannot be decoded ({err}); replace or remove the file") from None

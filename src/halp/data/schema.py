@@ -46,9 +46,15 @@ def _problem_list(title: str, rows: pd.DataFrame, fix: str) -> str:
 
 
 def read_dataset(
-    csv: Path, images_dir: Path, columns: dict[str, str], drop_invalid: bool
+    csv: Path,
+    images_dir: Path,
+    columns: dict[str, str],
+    drop_invalid: bool,
+    required: tuple[str, ...] = REQUIRED,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read and validate a HALP-schema CSV: (valid rows, rejected rows), under our column names.
+    """Read and validate a HALP-schema CSV: (valid rows, rejected rows), under our column names. `required`
+    may ask for less than HALP's schema (a question to assess needs no ground truth): absent columns are
+    then empty.
 
     Structural faults (missing columns, duplicate ids) always stop. Row faults (missing image, empty
     question) stop too unless `drop_invalid`, in which case those rows are returned as rejected,
@@ -60,13 +66,13 @@ def read_dataset(
         )
     table = pd.read_csv(csv, dtype=str, keep_default_na=False)
     table = table.rename(columns={theirs: ours for ours, theirs in columns.items()})
-    missing = [c for c in REQUIRED if c not in table.columns]
+    missing = [c for c in required if c not in table.columns]
     if missing:
         raise DatasetError(
             f"{csv} lacks required column(s) {missing}; it has {list(table.columns)}. "
             "Rename them in the CSV or map them in params.yaml, e.g. data.columns: {gt_answer: answer}"
         )
-    for optional in set(COLUMNS) - set(REQUIRED):
+    for optional in set(COLUMNS) - set(required):
         if optional not in table.columns:
             table[optional] = "True" if optional == "has_image" else ""
 

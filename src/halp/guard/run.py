@@ -5,21 +5,26 @@ question ids the file holds)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from halp.config import Params
+from halp.config import ConfigError, Params
 from halp.data.images import load_image
 from halp.data.schema import read_dataset
-from halp.guard.guard import Guard
+from halp.guard.guard import CARD, WEIGHTS, Guard
 
 log = logging.getLogger(__name__)
 FIELDS = ["question_id", "risk", "flagged", "answer", "error"]
+QUESTION_COLUMNS = ("question_id", "image_name", "question")  # a question to assess needs no ground truth
+SETTINGS = ".settings.json"  # beside the output: what its rows were assessed with
 
 
 def load_guard(params: Params, model_name: str, coverage: float) -> Guard:
@@ -36,40 +41,90 @@ def assess_question(guard: Guard, image: Path, question: str, abstain: bool) -> 
     return f"risk {result.risk:.3f} ({verdict} at threshold {guard.threshold:.3f})\nanswer: {answer}"
 
 
-def _finished_ids(out: Path) -> set[str]:
-    """Question ids the output already holds; a last line cut off by a kill is dropped first."""
-    if not out.is_file():
+@dataclass
+class Questions:
+    """A CSV's questions, validated before any weights load: the valid rows, the rejected ones with their
+    reason, and each question id's line in the file (for messages)."""
+
+    valid: pd.DataFrame
+    rejected: pd.DataFrame
+    line: dict[str, int]
+
+
+def read_questions(params: Params, source: Path, out: Path, batch_size: int) -> Questions:
+    """The questions to assess; a bad option, an output that is not a guard's, or a CSV without the
+    columns a question needs stops here, before minutes of loading."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
+    if out.resolve() == source.resolve():
+        raise ConfigError(f"--out {out} is the input CSV: name a new file for the results")
+    if out.is_file() and out.stat().st_size and (header := out.open().readline().strip()) != ",".join(FIELDS):
+        raise ConfigError(
+            f"--out {out} is not a guard's output (its header is {header!r}, not {','.join(FIELDS)!r}): "
+            "name a new file, or the file a previous `halp guard --csv` run wrote"
+        )
+    valid, rejected = read_dataset(
+        source, params.data.images_dir, params.data.columns, drop_invalid=True, required=QUESTION_COLUMNS
+    )
+    with source.open(newline="", encoding="utf-8") as handle:  # a quoted multi-line question is one row
+        reader, line, end = csv.DictReader(handle), {}, 1  # line 1: the header
+        id_column = params.data.columns.get("question_id", "question_id")
+        for row in reader:
+            line[row[id_column]], end = end + 1, reader.line_num  # the row's first line
+    return Questions(valid, rejected, line)
+
+
+def run_settings(folder: Path, coverage: float, abstain: bool) -> dict:
+    """What decides an output's rows: the guard (a digest of its weights and card), the coverage whose
+    threshold flags, and abstention. A resume must keep them, or one file would mix two kinds of row."""
+    digest = hashlib.sha256()
+    for name in (WEIGHTS, CARD):
+        digest.update((folder / name).read_bytes())
+    return {"guard": f"sha256:{digest.hexdigest()}", "coverage": coverage, "abstain": abstain}
+
+
+def _resume(out: Path, settings: dict) -> set[str]:
+    """Question ids the output already holds without an error. A last line cut off by a kill is dropped,
+    and rows with an error are removed (atomically) so that they are tried again."""
+    recorded = out.with_name(out.name + SETTINGS)
+    if not out.is_file() or not out.stat().st_size:
+        recorded.write_text(json.dumps(settings, indent=1) + "\n")
         return set()
+    before = json.loads(recorded.read_text()) if recorded.is_file() else None
+    if before != settings:
+        raise ConfigError(
+            f"{out} was begun with other settings ({before or f'none recorded in {recorded.name}'}) than "
+            f"this run's ({settings}): its rows would mix two guards or thresholds. Resume with the same "
+            "--coverage, --abstain and guard, or name a new --out"
+        )
     text = out.read_text(encoding="utf-8")
-    whole = text[: text.rfind("\n") + 1]
-    if whole != text:
-        out.write_text(whole, encoding="utf-8")
-    if not whole.strip():
-        return set()
-    return set(pd.read_csv(io.StringIO(whole), dtype=str, keep_default_na=False).question_id)
+    rows = pd.read_csv(io.StringIO(text[: text.rfind("\n") + 1]), dtype=str, keep_default_na=False)
+    kept = rows[rows.error == ""]
+    if len(kept) < len(rows) or not text.endswith("\n"):
+        if len(kept) < len(rows):
+            log.info("%s: %d rows with an error are tried again", out, len(rows) - len(kept))
+        temporary = out.with_name(out.name + ".tmp")
+        kept.to_csv(temporary, index=False, lineterminator="\n")
+        os.replace(temporary, out)
+    return set(kept.question_id)
 
 
 def assess_csv(
-    guard: Guard, params: Params, source: Path, out: Path, abstain: bool, batch_size: int
+    guard: Guard, questions: Questions, out: Path, settings: dict, batch_size: int
 ) -> tuple[int, int]:
-    """Every row of `source` into `out`; returns (rows assessed now, rows with an error). A row whose
-    image is missing or broken, or whose question is empty, is written with its error and logged by CSV
-    line; the run goes on."""
-    valid, rejected = read_dataset(source, params.data.images_dir, params.data.columns, drop_invalid=True)
-    ids = pd.read_csv(source, dtype=str, keep_default_na=False)[
-        params.data.columns.get("question_id", "question_id")
-    ]
-    line = {question_id: i + 2 for i, question_id in enumerate(ids)}
-    done = _finished_ids(out)
-    todo = valid[~valid.question_id.isin(done)]
+    """Every question into `out` under its lock; returns (rows assessed now, rows with an error). A row
+    whose image is missing or broken, whose question is empty, or that the processor refuses, is written
+    with its error and logged by CSV line; the run goes on, and a rerun tries those rows again."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _resume(out, settings)
+    todo = questions.valid[~questions.valid.question_id.isin(done)]
     errors = [
         {"question_id": row.question_id, "error": row.invalid_reason}
-        for row in rejected.itertuples()
+        for row in questions.rejected.itertuples()
         if row.question_id not in done
     ]
     if done:
         log.info("%s: %d rows already assessed, %d to go", out, len(done), len(todo) + len(errors))
-    out.parent.mkdir(parents=True, exist_ok=True)
     new_file = not out.is_file() or out.stat().st_size == 0
     with out.open("a", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, FIELDS)
@@ -79,9 +134,8 @@ def assess_csv(
         def write(rows: list[dict]) -> None:
             for row in rows:
                 if row.get("error"):
-                    log.warning(
-                        "CSV line %d (%r): %s", line[row["question_id"]], row["question_id"], row["error"]
-                    )
+                    line = questions.line.get(row["question_id"], "?")
+                    log.warning("CSV line %s (%r): %s", line, row["question_id"], row["error"])
             writer.writerows(rows)
             handle.flush()
             os.fsync(handle.fileno())
@@ -91,24 +145,38 @@ def assess_csv(
         with tqdm(total=len(todo), desc=f"guard {guard.card['model']}", unit="question") as progress:
             for start in range(0, len(todo), batch_size):
                 batch = todo.iloc[start : start + batch_size]
-                rows, images, questions = [], [], []
+                rows, images, texts = [], [], []
                 for row in batch.itertuples():
                     try:
                         images.append(load_image(row.image_path))
-                        questions.append(row.question)
+                        texts.append(row.question)
                         rows.append({"question_id": row.question_id})
                     except (OSError, ValueError) as err:
                         write([{"question_id": row.question_id, "error": str(err)}])
                         failed += 1
-                if images:
-                    for row, result in zip(
-                        rows, guard.assess(images, questions, abstain=abstain), strict=True
-                    ):
-                        row |= {
-                            "risk": f"{result.risk:.6f}",
-                            "flagged": result.flagged,
-                            "answer": result.answer,
-                        }
-                    write(rows)
+                assessed = _assessed(guard, rows, images, texts, settings["abstain"])
+                write(assessed)
+                failed += sum(1 for row in assessed if row.get("error"))
                 progress.update(len(batch))
     return len(todo) + len(errors), failed
+
+
+def _assessed(guard: Guard, rows: list[dict], images: list, texts: list[str], abstain: bool) -> list[dict]:
+    """The rows with their risk, flag and answer; a batch the processor or model refuses (one image of an
+    odd shape) is retried one row at a time, so only the row at fault gets the error."""
+    if not rows:
+        return []
+    try:
+        results = guard.assess(images, texts, abstain=abstain)
+    except (ValueError, RuntimeError) as err:
+        if len(rows) == 1:
+            return [rows[0] | {"error": f"{type(err).__name__}: {err}"}]
+        return [
+            row
+            for i in range(len(rows))
+            for row in _assessed(guard, rows[i : i + 1], images[i : i + 1], texts[i : i + 1], abstain)
+        ]
+    return [
+        row | {"risk": f"{result.risk:.6f}", "flagged": result.flagged, "answer": result.answer}
+        for row, result in zip(rows, results, strict=True)
+    ]

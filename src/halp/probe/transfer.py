@@ -132,7 +132,8 @@ def transfer(
             everything = sorted(set(labels))
             reason = f"one group only ({everything[0]})"
             if len(everything) > 1:
-                reason = f"{len(groups)} of {len(everything)} groups hold both classes; transfer needs 2"
+                enough = f"{len(groups)} of {len(everything)} groups hold {MIN_PER_CLASS} of each class"
+                reason = f"{enough}, transfer needs 2"
             report[name] = {"skipped_because": reason, "skipped": skipped}
             continue
         usable[name] = (labels, groups)
