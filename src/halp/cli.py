@@ -140,7 +140,7 @@ def _guard(params: Params, args: argparse.Namespace) -> None:
     if questions is None:
         print(assess_question(guard, args.image, args.question, args.abstain))
         return
-    settings = run_settings(params.guard.out_dir / args.model, args.coverage, args.abstain)
+    settings = run_settings(guard, args.coverage, args.abstain)
     with writing(args.out, args.wait):  # one writer per output, as per part folder
         assessed, failed = assess_csv(guard, questions, args.out, settings, args.batch_size)
     log.info("guard -> %s (%d rows assessed, %d with an error)", args.out, assessed, failed)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from halp.config import load_params
+from halp.config import ConfigError, load_params
 from halp.guard.guard import Guard, GuardMismatch
 from halp.probe.metrics import auroc
 from halp.probe.run import load_labelled
@@ -142,6 +142,38 @@ def test_a_guard_on_other_weights_is_refused_naming_both(fitted, tiny_dir, tmp_p
     assert Guard.load(folder, model=str(copy), loaded=None).card["source"] == str(
         REPO / "models/organisms/demo_vlm"
     )
+
+
+def test_an_edited_damaged_or_mismatched_guard_is_refused_naming_the_file(fitted, tmp_path):
+    """The card is sealed to the weights: any edit of either, before any model loads, is refused."""
+    original = fitted / "models/guards/demo_vlm"
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")
+    assert (original / "probe.safetensors").stat().st_mode == reference.stat().st_mode, "no private mode"
+    card = json.loads((original / "guard.json").read_text())
+    other = "logistic" if card["probe"] == "mlp" else "mlp"
+    edits = {
+        "layer moved": lambda c, w: (c | {"layer": 0 if c["layer"] else 2}, w),
+        "representation changed": lambda c, w: (c | {"representation": "vision_token"}, w),
+        "probe kind changed": lambda c, w: (c | {"probe": other}, w),
+        "weights cut short": lambda c, w: (c, w[: len(w) // 2]),
+    }
+    for name, edit in edits.items():
+        folder = shutil.copytree(original, tmp_path / name.replace(" ", "_"))
+        edited, weights = edit(card, (original / "probe.safetensors").read_bytes())
+        (folder / "guard.json").write_text(json.dumps(edited))
+        (folder / "probe.safetensors").write_bytes(weights)
+        with pytest.raises(ConfigError, match=rf"{folder}/guard.json and probe.safetensors do not belong"):
+            Guard.load(folder)
+    unsealed = {k: v for k, v in card.items() if k != "seal"}
+    for name, broken, message in (
+        ("layer", card | {"layer": "three"}, r"is not a guard card \(layer: Input should be a valid integer"),
+        ("unsealed", unsealed, "has no seal"),
+    ):
+        folder = shutil.copytree(original, tmp_path / name)
+        (folder / "guard.json").write_text(json.dumps(broken))
+        with pytest.raises(ConfigError, match=message):
+            Guard.load(folder)
 
 
 def test_halp_guard_answers_one_question(fitted, guard):

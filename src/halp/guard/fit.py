@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 
 from halp.config import ConfigError, Params
-from halp.guard.guard import CARD, WEIGHTS, calibrated
+from halp.guard.guard import calibrated, write_guard
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import read_config
 from halp.probe.classifiers import LEARNING_RATE, train_probes
@@ -120,10 +119,7 @@ def fit_guard(params: Params, model_name: str, allow_incomplete: bool = False) -
         "versions": {name: version(name) for name in PACKAGES},
     }
     folder = params.guard.out_dir / model_name
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in trained.model.state_dict().items()}
-    save_file(state, folder / WEIGHTS)
-    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    write_guard(folder, card, {k: v.detach().contiguous() for k, v in trained.model.state_dict().items()})
     log.info(
         "%s guard: %s layer %s %s, holdout AUROC %.3f", model_name, rep, layer, kind, card["holdout"]["auroc"]
     )

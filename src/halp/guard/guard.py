@@ -3,15 +3,19 @@ same prefill hooks the extraction uses (no second pass), and, if asked, abstenti
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL.Image import Image
-from safetensors.torch import load_file
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load, save
 from transformers import BatchFeature
 
 from halp.config import ConfigError, ModelSettings
@@ -22,6 +26,84 @@ from halp.probe.classifiers import build_probe
 
 CARD = "guard.json"
 WEIGHTS = "probe.safetensors"
+SEAL = "seal"  # the card's key for the digest of the weights and the rest of the card
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    slope: float
+    intercept: float
+
+
+class ProbeSettings(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    mlp_rank: int | None = Field(ge=1)
+
+
+class CardFields(BaseModel):
+    """What `Guard.load` reads from a card; anything else in it is information for people."""
+
+    model_config = ConfigDict(extra="allow")
+    source: str
+    revision: str | None
+    fingerprint: str
+    dtype: str
+    max_new_tokens: int = Field(ge=1)
+    n_blocks: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    representation: Literal["vision_only", "vision_token", "query_token"]
+    layer: int | None = Field(ge=-1)
+    width: int = Field(ge=1)
+    probe: Literal["mlp", "logistic"]
+    probe_settings: ProbeSettings
+    calibration: Calibration
+    thresholds: dict[str, float]
+
+
+def seal(card: dict, weights: bytes) -> str:
+    """sha256 of the weights and every other field of the card: an edit of either, or weights from another
+    fit, no longer matches, so a guard never reads one probe's weights through another's card."""
+    fields = json.dumps({k: v for k, v in card.items() if k != SEAL}, sort_keys=True).encode()
+    return "sha256:" + hashlib.sha256(weights + fields).hexdigest()
+
+
+def write_guard(folder: Path, card: dict, state: dict[str, torch.Tensor]) -> None:
+    """The weights and the sealed card, each written whole (a temporary file renamed), weights first: a
+    kill between the two leaves a card whose seal does not match, refused on load, never a mixed guard."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = save(state)
+    card = card | {SEAL: seal(card, weights)}
+    for name, data in ((WEIGHTS, weights), (CARD, (json.dumps(card, indent=2) + "\n").encode())):
+        temporary = folder / f"{name}.tmp"
+        temporary.write_bytes(data)
+        os.replace(temporary, folder / name)
+
+
+def read_card(folder: Path) -> tuple[dict, bytes]:
+    """The card, checked against its schema and sealed to these weights, and the weights' bytes."""
+    card_path, weights_path = folder / CARD, folder / WEIGHTS
+    if not card_path.is_file():
+        raise FileNotFoundError(f"{card_path} not found: run `halp guard-fit --model NAME` first")
+    refit = "run `halp guard-fit --model NAME` to fit it again (a guard is fitted, not edited)"
+    try:
+        card = json.loads(card_path.read_text())
+        CardFields.model_validate(card)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{card_path} is not valid JSON ({err}): {refit}") from None
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{card_path} is not a guard card ({problems}): {refit}") from None
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path} not found: {refit}")
+    weights = weights_path.read_bytes()
+    if SEAL not in card:
+        raise ConfigError(f"{card_path} has no seal (it predates sealed guards): {refit}")
+    if card[SEAL] != seal(card, weights):
+        raise ConfigError(
+            f"{card_path} and {weights_path.name} do not belong together: one was edited, cut short or "
+            f"replaced since `halp guard-fit` wrote them. Restore both (`dvc checkout`) or {refit}"
+        )
+    return card, weights
 
 
 class GuardMismatch(ConfigError):
@@ -63,21 +145,18 @@ class Guard:
     ) -> Guard:
         """The guard in `folder` on the model it was fitted on (its recorded source, or `model`: a copy of
         the same weights elsewhere); `loaded` reuses a model already in memory."""
-        card_path = Path(folder) / CARD
-        if not card_path.is_file():
-            raise FileNotFoundError(f"{card_path} not found: run `halp guard-fit --model NAME` first")
-        card = json.loads(card_path.read_text())
+        card, weights = read_card(Path(folder))
         source = model or card["source"]
         if loaded is None:
             fingerprint = model_fingerprint(source, card["revision"])
             if fingerprint != card["fingerprint"]:
                 raise GuardMismatch(
-                    f"the guard in {folder} was fitted on {card['source']} ({card['fingerprint'][:19]}), "
-                    f"not on {source} ({fingerprint[:19]}): its risks mean nothing on other weights. "
+                    f"the guard in {folder} was fitted on {card['source']} ({card['fingerprint']}), "
+                    f"not on {source} ({fingerprint}): its risks mean nothing on other weights. "
                     "Fit a guard on this model (`halp guard-fit`)"
                 )
             loaded = load_model(ModelSettings(model=source, revision=card["revision"], dtype=card["dtype"]))
-        state = load_file(Path(folder) / WEIGHTS)
+        state = load(weights)
         width = card["width"]
         probe = build_probe(
             card["probe"], torch.zeros(width), torch.ones(width), card["probe_settings"]["mlp_rank"], 0

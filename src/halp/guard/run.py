@@ -5,7 +5,6 @@ question ids the file holds)."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -19,7 +18,7 @@ from tqdm import tqdm
 from halp.config import ConfigError, Params
 from halp.data.images import load_image
 from halp.data.schema import read_dataset
-from halp.guard.guard import CARD, WEIGHTS, Guard
+from halp.guard.guard import SEAL, Guard
 
 log = logging.getLogger(__name__)
 FIELDS = ["question_id", "risk", "flagged", "answer", "error"]
@@ -74,13 +73,11 @@ def read_questions(params: Params, source: Path, out: Path, batch_size: int) -> 
     return Questions(valid, rejected, line)
 
 
-def run_settings(folder: Path, coverage: float, abstain: bool) -> dict:
-    """What decides an output's rows: the guard (a digest of its weights and card), the coverage whose
-    threshold flags, and abstention. A resume must keep them, or one file would mix two kinds of row."""
-    digest = hashlib.sha256()
-    for name in (WEIGHTS, CARD):
-        digest.update((folder / name).read_bytes())
-    return {"guard": f"sha256:{digest.hexdigest()}", "coverage": coverage, "abstain": abstain}
+def run_settings(guard: Guard, coverage: float, abstain: bool) -> dict:
+    """What decides an output's rows: the guard (its card's seal, a digest of weights and card), the
+    coverage whose threshold flags, and abstention. A resume must keep them, or one file would mix two
+    kinds of row."""
+    return {"guard": guard.card[SEAL], "coverage": coverage, "abstain": abstain}
 
 
 def _resume(out: Path, settings: dict) -> set[str]:
