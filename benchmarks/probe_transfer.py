@@ -1,34 +1,34 @@
-"""What the transfer matrix costs the probe stage: the probe grid alone against the grid plus the transfer
-runs, on a model's stored embeddings and labels, interleaved over rounds.
+"""What the transfer runs cost the probe stage: `halp probe` on a model's stored embeddings and labels with
+`probe.transfer` on and off, interleaved over rounds, outputs written to a temporary folder.
 
     python benchmarks/probe_transfer.py --model demo_vlm --rounds 3
 
-Each round times the grid (every representation x probe x seed, with the baselines: the probe stage before
-the transfer matrix) and then the transfer runs (each representation's cell chosen on validation, trained
-per group and without each group, over dataset, category and `probe.breakdown`), reading the features
-once beforehand. Prints each round, the median of (grid + transfer) / grid and the CPU.
+Each round runs the whole stage both ways (reading the embeddings, the probe grid and its baselines,
+risk-coverage, writing the results; with transfer also each representation's chosen cell trained per group
+and without each group, over dataset, category and `probe.breakdown`). Prints each round's times, the
+median ratio (on / off) with its range, and the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
-from functools import partial
+from pathlib import Path
 
-import pandas as pd
-
-from halp.config import load_params
+from halp.config import Params, load_params
 from halp.environment import cpu_name
-from halp.probe.run import (
-    load_labelled,
-    metadata_scores,
-    output_baselines,
-    probe_grid,
-    read_breakdown,
-    representations,
-    transfer_report,
-)
+from halp.probe.run import probe_model
+
+
+def redirected(params: Params, folder: Path, transfer: bool) -> Params:
+    """The project's params with every probe output under `folder`, and transfer as asked."""
+    probe = params.probe.model_copy(
+        update={"transfer": transfer}
+        | {key: folder / key for key in ("out_dir", "headline_dir", "test_scores_dir", "control_dir")}
+    )
+    return params.model_copy(update={"probe": probe})
 
 
 def main() -> None:
@@ -37,27 +37,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     params = load_params()
-    settings = params.probe
-    emb, y, images = load_labelled(params, args.model)
-    features = list(representations(emb))  # read once: both sides time fitting, not reading
-    keys = (emb.meta.source + " / " + emb.meta.category).to_numpy()
-    baselines = output_baselines(emb) | {"metadata": partial(metadata_scores, keys, y)}
-    breakdown = read_breakdown(settings.breakdown, emb.meta.sample_id)
-    groups = None if breakdown is None else breakdown.to_numpy()
-    shape = f"{len(y)} samples, {len(features)} representations, {settings.seeds} seeds"
-    print(f"{args.model}: {shape}; {cpu_name()}")
+    print(f"halp probe --model {args.model}, probe.transfer off and on; {cpu_name()}")
     ratios = []
-    for round_ in range(args.rounds):
-        start = time.perf_counter()
-        rows, _, _ = probe_grid(features, baselines, y, images, settings, breakdown=groups)
-        grid = time.perf_counter() - start
-        start = time.perf_counter()
-        transfer_report(emb, y, images, pd.DataFrame(rows), settings, breakdown)
-        carried = time.perf_counter() - start
-        ratios.append((grid + carried) / grid)
-        print(f"round {round_}: grid {grid:.1f} s, transfer {carried:.1f} s, ratio {ratios[-1]:.2f}")
+    with tempfile.TemporaryDirectory() as work:
+        for round_ in range(args.rounds):
+            seconds = {}
+            for transfer in (False, True):
+                start = time.perf_counter()
+                probe_model(redirected(params, Path(work) / str(transfer), transfer), args.model)
+                seconds[transfer] = time.perf_counter() - start
+            ratios.append(seconds[True] / seconds[False])
+            off, on = seconds[False], seconds[True]
+            print(f"round {round_}: off {off:.1f} s, on {on:.1f} s, ratio {ratios[-1]:.2f}")
     spread = f"range {min(ratios):.2f}-{max(ratios):.2f}"
-    print(f"(grid + transfer) / grid: median {statistics.median(ratios):.2f} ({spread})")
+    print(f"probe stage with transfer / without: median {statistics.median(ratios):.2f} ({spread})")
 
 
 if __name__ == "__main__":

@@ -266,6 +266,9 @@ class ProbeSettings(_Section):
     breakdown: Path | None = Field(
         None, description="CSV of question_id and a group (e.g. data/demo/mechanisms.csv): AUROC per group"
     )
+    transfer: bool = Field(
+        True, description="train each chosen cell per group of questions and without each (transfer)"
+    )
     out_dir: Path = Path("metrics/probes")
     test_scores_dir: Path = Field(
         Path("data/probes"), description="every sample's out-of-fold test score of each probe and baseline"

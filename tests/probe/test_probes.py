@@ -480,3 +480,5 @@ def test_transfer_trains_on_one_group_and_tests_on_the_others(tmp_path):
     assert "m: a kind of question (mechanism) never seen in training moves the probes' AUROC" in unseen
     plotted = pd.read_csv(report_dir / "transfer" / "m.csv")
     assert len(plotted) == 3 * (2 + 2) and plotted.out_of_group_mean.between(0, 1).all()
+    params.probe.transfer = False  # the grid alone, for a quicker stage
+    assert "transfer" not in json.loads(probe_model(params, "m").read_text())

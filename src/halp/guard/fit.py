@@ -132,7 +132,7 @@ def unseen_kinds(probe_results: Path, cell: pd.Series) -> dict:
     probe stage's transfer results for this cell; a reason where they do not exist."""
     transfer = json.loads(probe_results.read_text()).get("transfer") if probe_results.is_file() else None
     if transfer is None:
-        return {"not_measured": f"{probe_results} holds no transfer results: run `halp probe` again"}
+        return {"not_measured": f"{probe_results} holds no transfer results (probe.transfer is false)"}
     expected = {}
     for grouping, found in transfer.items():
         measured = found.get("cells", {}).get(cell.representation)

@@ -272,6 +272,7 @@ def probe_model(
         report |= {"status": "ok", "probes": _nest(rows), "baselines": baselines}
         if not control:  # selective answering on the out-of-fold test scores: the report's abstention
             report["risk_coverage"] = risk_coverage.evaluate(table, test_scores, settings.bootstrap)
+        if not control and settings.transfer:
             report["transfer"] = transfer_report(emb, y, groups, table, settings, breakdown)
         if breakdown is not None:
             report["groups"] = group_rates(by_group, emb.meta.category.to_numpy(), y)

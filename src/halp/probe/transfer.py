@@ -58,61 +58,70 @@ def _summary(tested: list[tuple[np.ndarray, np.ndarray]], bootstrap: int) -> dic
     }
 
 
-def transfer_cell(
+def tested_on_seed(
     x: np.ndarray,
     y: np.ndarray,
-    splits: list[Split],
+    seed: int,
+    split: Split,
     groupings: dict[str, tuple[np.ndarray, list[str]]],
     probe: str,
     rank: int | None,
-    bootstrap: int,
-) -> dict:
-    """{grouping: {"trained_on": {g: {h: metrics}}, "left_out": {g: {"out_of_group", "in_distribution"}}}}
-    for one cell, on one thread (as the grid's workers). `groupings` maps a name to (each sample's group,
-    the groups eligible to train and test)."""
+) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
+    """One cell's fits on one split, on one thread (a worker runs one (cell, seed) at a time): each
+    (grouping, kind, trained group[, tested group]) to the tested rows' labels and scores. `groupings`
+    maps a name to (each sample's group, the groups eligible to train and test)."""
+    train, val, test = split
+    fits = {("all",): (train, val)}
+    for name, (labels, groups) in groupings.items():
+        for g in groups:
+            fits[name, "trained_on", g] = (train[labels[train] == g], val[labels[val] == g])
+            fits[name, "left_out", g] = (train[labels[train] != g], val[labels[val] != g])
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    tested: dict[tuple, list] = {}  # (grouping, kind, trained group, tested group) -> [(y, s) per seed]
     try:
-        for seed, (train, val, test) in enumerate(splits):
-            fits = {("all",): (train, val)}
-            for name, (labels, groups) in groupings.items():
-                for g in groups:
-                    fits[name, "trained_on", g] = (train[labels[train] == g], val[labels[val] == g])
-                    fits[name, "left_out", g] = (train[labels[train] != g], val[labels[val] != g])
-            scores = {
-                key: fit_probes(x, y, (fit_train, fit_val, test), [probe], seed, rank)[probe][1]
-                for key, (fit_train, fit_val) in fits.items()
-                if _both_classes(y[fit_train]) and _both_classes(y[fit_val])
-            }
-            for name, (labels, groups) in groupings.items():
-                for h in groups:
-                    inside = labels[test] == h
-                    if not _both_classes(y[test][inside]):
-                        continue
-                    targets = [((name, "trained_on", g), (name, "trained_on", g, h)) for g in groups]
-                    targets += [(("all",), (name, "in_distribution", h)), ((name, "left_out", h),) * 2]
-                    for fit, key in targets:
-                        if fit in scores:
-                            tested.setdefault(key, []).append((y[test][inside], scores[fit][inside]))
+        scores = {
+            key: fit_probes(x, y, (fit_train, fit_val, test), [probe], seed, rank)[probe][1]
+            for key, (fit_train, fit_val) in fits.items()
+            if _both_classes(y[fit_train]) and _both_classes(y[fit_val])
+        }
     finally:
         torch.set_num_threads(before)
-    result: dict = {}
-    for name, (_, groups) in groupings.items():
-        result[name] = {
-            "trained_on": {
-                g: {h: _summary(tested.get((name, "trained_on", g, h), []), bootstrap) for h in groups}
-                for g in groups
-            },
+    tested = {}
+    for name, (labels, groups) in groupings.items():
+        for h in groups:
+            inside = labels[test] == h
+            if not _both_classes(y[test][inside]):
+                continue
+            targets = [((name, "trained_on", g), (name, "trained_on", g, h)) for g in groups]
+            targets += [(("all",), (name, "in_distribution", h)), ((name, "left_out", h),) * 2]
+            for fit, key in targets:
+                if fit in scores:
+                    tested[key] = (y[test][inside], scores[fit][inside])
+    return tested
+
+
+def summarise(
+    by_seed: list[dict[tuple, tuple]], groupings: dict[str, tuple[np.ndarray, list[str]]], bootstrap: int
+) -> dict:
+    """{grouping: {"trained_on": {g: {h: metrics}}, "left_out": {g: {"out_of_group", "in_distribution"}}}}
+    for one cell, from its seeds' tested rows."""
+
+    def metrics(*key: str) -> dict:
+        return _summary([tested[key] for tested in by_seed if key in tested], bootstrap)
+
+    return {
+        name: {
+            "trained_on": {g: {h: metrics(name, "trained_on", g, h) for h in groups} for g in groups},
             "left_out": {
                 h: {
-                    "out_of_group": _summary(tested.get((name, "left_out", h), []), bootstrap),
-                    "in_distribution": _summary(tested.get((name, "in_distribution", h), []), bootstrap),
+                    "out_of_group": metrics(name, "left_out", h),
+                    "in_distribution": metrics(name, "in_distribution", h),
                 }
                 for h in groups
             },
         }
-    return result
+        for name, (_, groups) in groupings.items()
+    }
 
 
 def transfer(
@@ -144,15 +153,17 @@ def transfer(
         report[name] = {"groups": sizes, "skipped": skipped, "cells": {}}
     if not usable:
         return report
-    jobs = (
-        delayed(transfer_cell)(
-            np.asarray(x, np.float32), y, splits, usable, row.probe, settings.mlp_rank, settings.bootstrap
+    jobs = (  # one per (cell, seed): fifteen similar jobs keep both cores busy to the end, three did not
+        delayed(tested_on_seed)(
+            np.asarray(x, np.float32), y, seed, split, usable, row.probe, settings.mlp_rank
         )
         for row, x in cells
+        for seed, split in enumerate(splits)
     )
-    results = Parallel(n_jobs=settings.workers or -1, mmap_mode="c")(jobs)
-    for (row, _), result in zip(cells, results, strict=True):
-        for name, metrics in result.items():
+    tested = Parallel(n_jobs=settings.workers or -1, mmap_mode="c")(jobs)
+    for i, (row, _) in enumerate(cells):
+        by_seed = tested[i * len(splits) : (i + 1) * len(splits)]
+        for name, metrics in summarise(by_seed, usable, settings.bootstrap).items():
             report[name]["cells"][row.representation] = {
                 "layer": cell_layer(row),
                 "probe": row.probe,
