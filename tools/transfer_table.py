@@ -2,10 +2,11 @@
 each model, representation and group, the test AUROC on that group's test rows of the probe trained on
 all groups and of the one trained without the group, from the probe stage's transfer results.
 
-    python tools/transfer_table.py --grouping mechanism demo_vlm demo_mllama demo_gemma3 demo_smolvlm
+    python tools/transfer_table.py demo_vlm demo_mllama demo_gemma3 demo_smolvlm \
+        --grouping mechanism category --representation query_token
 
-Prints a markdown table: one row per (model, representation), one column per group, each cell
-"in-distribution -> left out [95% interval of the left-out AUROC]".
+Prints a markdown table: one row per (model, representation), one column per group of each grouping,
+each cell "in-distribution -> left out [95% interval of the left-out AUROC]".
 """
 
 from __future__ import annotations
@@ -33,22 +34,30 @@ def row_cells(cell: dict, groups: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("models", nargs="+")
-    parser.add_argument("--grouping", default="mechanism", help="dataset, category or the breakdown's column")
+    parser.add_argument(
+        "--grouping", nargs="+", default=["mechanism"], help="dataset, category or the breakdown's column"
+    )
+    parser.add_argument("--representation", nargs="+", default=list(SHORT), choices=list(SHORT))
     args = parser.parse_args()
     probes = load_params().probe.out_dir
-    found = {
-        m: json.loads((probes / f"{m}.json").read_text())["transfer"][args.grouping] for m in args.models
-    }
-    groups = sorted({g for transfer in found.values() for g in transfer.get("groups", {})})
-    print("| model | cell | " + " | ".join(groups) + " |")
-    print("|---|---|" + "---|" * len(groups))
+    found = {m: json.loads((probes / f"{m}.json").read_text())["transfer"] for m in args.models}
+    columns = [
+        (grouping, group)
+        for grouping in args.grouping
+        for group in sorted({g for transfer in found.values() for g in transfer[grouping].get("groups", {})})
+    ]
+    print("| model | cell | " + " | ".join(group for _, group in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
     for model, transfer in found.items():
-        if "cells" not in transfer:
-            print(f"| {model} | not measured: {transfer['skipped_because']} |" + " |" * len(groups))
-            continue
-        for rep in SHORT:
-            if (cell := transfer["cells"].get(rep)) is not None:
-                print(f"| {model} | {cell_name(rep, cell)} | " + " | ".join(row_cells(cell, groups)) + " |")
+        for rep in args.representation:
+            cells = [transfer[g].get("cells", {}).get(rep) for g in args.grouping]
+            if (named := next((c for c in cells if c is not None), None)) is None:
+                continue
+            row = []
+            for grouping, cell in zip(args.grouping, cells, strict=True):
+                groups = [group for g, group in columns if g == grouping]
+                row += ["n/a"] * len(groups) if cell is None else row_cells(cell, groups)
+            print(f"| {model} | {cell_name(rep, named)} | " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -178,12 +178,12 @@ def _summarize(params: Params, args: argparse.Namespace) -> None:
 
 
 def _export(params: Params, args: argparse.Namespace) -> None:
-    from halp.store import open_embeddings
+    from halp.store import open_finished
     from halp.store.export import export_per_question
 
     params.model(args.model)
     out = args.out or Path("data/export") / f"{args.model}.h5"
-    export_per_question(open_embeddings(params.extract.out_dir / args.model), out)
+    export_per_question(open_finished(params.extract.out_dir / args.model, args.allow_incomplete), out)
     log.info("per-question export -> %s", out)
 
 
@@ -280,12 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
             help="remove parts that cannot be read (cut short by a full disk or a bad copy); their samples "
             "run again",
         )
-    for sub in (readers["summarize"], readers["label"], probe, guard_fit):
-        sub.add_argument(
-            "--allow-incomplete",
-            action="store_true",
-            help="read an extraction that has not finished (no manifest), with a warning",
-        )
     export = command("export", _export, "export embeddings in another layout")
     export.add_argument("--model", required=True)
     export.add_argument("--layout", choices=["per-question"], default="per-question")
@@ -294,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", required=True)
     bench.add_argument("--n", type=int, default=32, help="samples to time")
     bench.add_argument("--batch-size", type=int, default=8)
+    for sub in (readers["summarize"], readers["label"], probe, guard_fit, export):
+        sub.add_argument(
+            "--allow-incomplete",
+            action="store_true",
+            help="read an extraction that has not finished (no manifest), with a warning",
+        )
     return parser
 
 

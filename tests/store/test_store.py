@@ -17,6 +17,7 @@ import pytest
 from halp.store import open_embeddings
 from halp.store.export import export_per_question
 from halp.store.parts import PartBuffer, PartFolder, PartWriteError, write_part
+from tests.conftest import halp
 
 LAYERS = [0, 5]
 H, D_VIS, K = 8, 4, 3
@@ -327,3 +328,47 @@ def test_no_manifest_is_written_over_samples_a_removed_part_took_with_it(tmp_pat
     with pytest.raises(PartWriteError, match=r"2 of 5 samples .* neither a stored row nor a recorded error"):
         PartFolder(tmp_path, "abc").write_manifest("m", [f"q{i}" for i in range(5)])
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_export_stores_any_answer_exactly_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    buffer = PartBuffer()
+    for i, answer in enumerate(ODD_ANSWERS):
+        meta, arrays = sample_row(i)
+        buffer.add(meta | {"answer": answer}, arrays)
+    (tmp_path / "emb").mkdir()
+    write_part(tmp_path / "emb" / "part-00000.h5", buffer, ATTRS, "float32")
+    out = export_per_question(open_embeddings(tmp_path / "emb"), tmp_path / "export.h5")
+    with h5py.File(out) as f:
+        stored = []
+        for i in range(len(ODD_ANSWERS)):
+            answer = f[f"q{i}/answer"]
+            raw = answer[()]
+            text = (
+                raw.tobytes().decode("utf-8", "surrogatepass")
+                if "utf8_bytes" in answer.attrs
+                else raw.decode()
+            )
+            stored.append(text)
+    assert stored == ODD_ANSWERS
+    original = out.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(h5py.Group, "create_group", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_per_question(open_embeddings(tmp_path / "emb"), out)
+    assert out.read_bytes() == original and not list(tmp_path.glob("*.tmp")), "the old export stands whole"
+
+
+def test_export_refuses_an_unfinished_extraction_unless_asked(tmp_path):
+    write(tmp_path / "data/embeddings/m", [0, 1])  # parts, no manifest: a run still going, or killed
+    (tmp_path / "params.yaml").write_text("models:\n  m:\n    model: unused\n")
+    command = ["export", "--model", "m", "--out", "m.h5"]
+    refused = halp(*command, cwd=tmp_path, check=False)
+    assert (
+        refused.returncode == 2 and "has no manifest.json: its extraction has not finished" in refused.stderr
+    )
+    assert not (tmp_path / "m.h5").exists()
+    halp(*command, "--allow-incomplete", cwd=tmp_path)
+    assert sorted(h5py.File(tmp_path / "m.h5")) == ["q0", "q1"]

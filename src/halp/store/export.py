@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from halp.store.reader import Embeddings
+
+TEXTS = {
+    "image_id": "image_id",
+    "question": "question",
+    "ground_truth_answer": "ground_truth",
+    "answer": "answer",
+}
+
+
+def _store_text(group: h5py.Group, name: str, text: str) -> None:
+    """A string as the seeds stored it; one HDF5 cannot hold as a string (a NUL, which ends HDF5 strings,
+    or a lone surrogate from byte-level decoding) as its UTF-8 bytes, marked `utf8_bytes`, so nothing is
+    cut or lost: `dataset[()].tobytes().decode("utf-8", "surrogatepass")` reads it."""
+    try:
+        if "\x00" not in text:
+            group[name] = text.encode("utf-8").decode("utf-8")
+            return
+    except UnicodeEncodeError:
+        pass
+    group[name] = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    group[name].attrs["utf8_bytes"] = True
 
 
 def export_per_question(embeddings: Embeddings, out: Path) -> Path:
     """question_comb_N/{image_id, question, ground_truth_answer, answer, vision_only_representation,
-    vision_token_representation/layer_k, query_token_representation/layer_k}, one group per sample."""
+    vision_token_representation/layer_k, query_token_representation/layer_k}, one group per sample.
+    Written to a temporary file renamed into place when whole: a failure leaves no partial file."""
     meta = embeddings.meta
     vision_only = embeddings.get("vision_only")
     per_layer = {
@@ -20,16 +44,20 @@ def export_per_question(embeddings: Embeddings, out: Path) -> Path:
         for layer in embeddings.layers
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(out, "w") as f:
-        for key, value in embeddings.attrs.items():
-            f.attrs[key] = value
-        for i, row in enumerate(meta.itertuples()):
-            group = f.create_group(row.sample_id)
-            group["image_id"] = row.image_id
-            group["question"] = row.question
-            group["ground_truth_answer"] = row.ground_truth
-            group["answer"] = row.answer
-            group["vision_only_representation"] = vision_only[i]
-            for (rep, layer), values in per_layer.items():
-                group[f"{rep}_representation/layer_{layer}"] = values[i]
+    temporary = out.with_name(out.name + ".tmp")
+    try:
+        with h5py.File(temporary, "w") as f:
+            for key, value in embeddings.attrs.items():
+                f.attrs[key] = value
+            for i, row in enumerate(meta.itertuples()):
+                group = f.create_group(row.sample_id)
+                for name, column in TEXTS.items():
+                    _store_text(group, name, getattr(row, column))
+                group["vision_only_representation"] = vision_only[i]
+                for (rep, layer), values in per_layer.items():
+                    group[f"{rep}_representation/layer_{layer}"] = values[i]
+        os.replace(temporary, out)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return out

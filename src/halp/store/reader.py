@@ -46,7 +46,8 @@ class Parts:
         self.parts = [part for part in found if part not in replaced]
         if not self.parts:
             raise FileNotFoundError(
-                f"no part files in {self.folder}: run `{self.command}` (or `dvc pull`) first"
+                f"no part files in {self.folder}: run `{self.command.replace('NAME', self.folder.name)}` "
+                "(or `dvc pull`) first"
             )
         hashes = set()
         for part in self.parts:
