@@ -359,16 +359,24 @@ def test_the_metadata_baseline_knows_only_the_category(tmp_path, planted):
     assert informed["baselines"]["metadata"]["auroc_mean"] > 0.8
 
 
-def test_auroc_within_each_group_of_the_breakdown(tmp_path):
-    labels = balanced_labels()
-    signal = np.arange(N) < N // 2  # the label is readable in the first half's states only
-    categories = np.where(np.arange(N) % 2 == 0, "even", "odd")
+def half_seen(tmp_path, labels: np.ndarray, categories: np.ndarray) -> Params:
+    """A store whose label is readable in the first half's states only, that half the breakdown's group
+    "seen" (column "mechanism"), the other "unseen"."""
+    signal = np.arange(N) < N // 2
     params = make_store(tmp_path, labels, planted_in=signal, categories=categories)
-    groups = tmp_path / "groups.csv"
+    params.probe.breakdown = tmp_path / "groups.csv"
     pd.DataFrame(
         {"question_id": [f"q{i}" for i in range(N)], "mechanism": np.where(signal, "seen", "unseen")}
-    ).to_csv(groups, index=False)
-    params.probe.breakdown = groups
+    ).to_csv(params.probe.breakdown, index=False)
+    return params
+
+
+def test_auroc_within_each_group_of_the_breakdown(tmp_path):
+    labels = balanced_labels()
+    signal = np.arange(N) < N // 2
+    categories = np.where(np.arange(N) % 2 == 0, "even", "odd")
+    params = half_seen(tmp_path, labels, categories)
+    groups = params.probe.breakdown
     report = json.loads(probe_model(params, "m").read_text())
     planted = report["probes"]["query_token"][str(PLANTED)]["logistic"]
     assert planted["auroc_in_seen"] > 0.8  # trained on both halves, so below the planted-everywhere 0.95
@@ -437,15 +445,9 @@ def test_every_headline_table_and_breakdown_chooses_on_validation_never_on_test(
 
 def test_transfer_trains_on_one_group_and_tests_on_the_others(tmp_path):
     labels = balanced_labels()
-    signal = np.arange(N) < N // 2  # the label is readable in the "seen" half's states only
     categories = np.where(np.arange(N) % 2 == 0, "even", "odd")
     categories[(labels == 0) & (np.arange(N) % 7 == 0)] = "easy"  # a kind of question never got wrong
-    params = make_store(tmp_path, labels, planted_in=signal, categories=categories)
-    groups = tmp_path / "groups.csv"
-    pd.DataFrame(
-        {"question_id": [f"q{i}" for i in range(N)], "mechanism": np.where(signal, "seen", "unseen")}
-    ).to_csv(groups, index=False)
-    params.probe.breakdown = groups
+    params = half_seen(tmp_path, labels, categories)
     transfer = json.loads(probe_model(params, "m").read_text())["transfer"]
     assert transfer["dataset"] == {"skipped_because": "one group only (s)", "skipped": {}}
     easy = int((categories == "easy").sum())
