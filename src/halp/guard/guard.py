@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from halp.extract.engine import Extractor
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import LoadedModel, load_model
 from halp.probe.classifiers import build_probe
+from halp.store.parts import write_atomically
 
 CARD = "guard.json"
 WEIGHTS = "probe.safetensors"
@@ -73,10 +73,8 @@ def write_guard(folder: Path, card: dict, state: dict[str, torch.Tensor]) -> Non
     folder.mkdir(parents=True, exist_ok=True)
     weights = save(state)
     card = card | {SEAL: seal(card, weights)}
-    for name, data in ((WEIGHTS, weights), (CARD, (json.dumps(card, indent=2) + "\n").encode())):
-        temporary = folder / f"{name}.tmp"
-        temporary.write_bytes(data)
-        os.replace(temporary, folder / name)
+    write_atomically(folder / WEIGHTS, weights)
+    write_atomically(folder / CARD, (json.dumps(card, indent=2) + "\n").encode())
 
 
 def read_card(folder: Path) -> tuple[dict, bytes]:

@@ -19,6 +19,7 @@ from halp.config import ConfigError, Params
 from halp.data.images import load_image
 from halp.data.schema import read_dataset
 from halp.guard.guard import SEAL, Guard
+from halp.store.parts import write_atomically
 
 log = logging.getLogger(__name__)
 FIELDS = ["question_id", "risk", "flagged", "answer", "error"]
@@ -57,9 +58,10 @@ def read_questions(params: Params, source: Path, out: Path, batch_size: int) -> 
         raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
     if out.resolve() == source.resolve():
         raise ConfigError(f"--out {out} is the input CSV: name a new file for the results")
-    if out.is_file() and out.stat().st_size and (header := out.open().readline().strip()) != ",".join(FIELDS):
+    header = ",".join(FIELDS)
+    if out.is_file() and out.stat().st_size and (found := _first_line(out)) != header:
         raise ConfigError(
-            f"--out {out} is not a guard's output (its header is {header!r}, not {','.join(FIELDS)!r}): "
+            f"--out {out} is not a guard's output (its header is {found!r}, not {header!r}): "
             "name a new file, or the file a previous `halp guard --csv` run wrote"
         )
     valid, rejected = read_dataset(
@@ -71,6 +73,11 @@ def read_questions(params: Params, source: Path, out: Path, batch_size: int) -> 
         for row in reader:
             line[row[id_column]], end = end + 1, reader.line_num  # the row's first line
     return Questions(valid, rejected, line)
+
+
+def _first_line(path: Path) -> str:
+    with path.open(encoding="utf-8") as handle:
+        return handle.readline().strip()
 
 
 def run_settings(guard: Guard, coverage: float, abstain: bool) -> dict:
@@ -100,9 +107,7 @@ def _resume(out: Path, settings: dict) -> set[str]:
     if len(kept) < len(rows) or not text.endswith("\n"):
         if len(kept) < len(rows):
             log.info("%s: %d rows with an error are tried again", out, len(rows) - len(kept))
-        temporary = out.with_name(out.name + ".tmp")
-        kept.to_csv(temporary, index=False, lineterminator="\n")
-        os.replace(temporary, out)
+        write_atomically(out, kept.to_csv(index=False, lineterminator="\n").encode("utf-8"))
     return set(kept.question_id)
 
 

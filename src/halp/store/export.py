@@ -22,13 +22,11 @@ def _store_text(group: h5py.Group, name: str, text: str) -> None:
     """A string as the seeds stored it; one HDF5 cannot hold as a string (a NUL, which ends HDF5 strings,
     or a lone surrogate from byte-level decoding) as its UTF-8 bytes, marked `utf8_bytes`, so nothing is
     cut or lost: `dataset[()].tobytes().decode("utf-8", "surrogatepass")` reads it."""
-    try:
-        if "\x00" not in text:
-            group[name] = text.encode("utf-8").decode("utf-8")
-            return
-    except UnicodeEncodeError:
-        pass
-    group[name] = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    encoded = text.encode("utf-8", "surrogatepass")
+    if "\x00" not in text and encoded.decode("utf-8", "ignore") == text:
+        group[name] = text
+        return
+    group[name] = np.frombuffer(encoded, dtype=np.uint8)
     group[name].attrs["utf8_bytes"] = True
 
 

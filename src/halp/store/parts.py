@@ -260,7 +260,8 @@ def encode_part(buffer: PartBuffer, attrs: dict[str, Any], storage_dtype: str) -
     return image.getvalue()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """`data` at `path` whole or not at all: a temporary file, synced, then renamed over it."""
     temporary = path.with_name(path.name + ".tmp")
     try:
         with open(temporary, "wb") as f:
@@ -288,7 +289,7 @@ def write_part(
     data = encode_part(buffer, attrs, storage_dtype)
     for wait in [*retry_seconds, None]:
         try:
-            _write_atomically(path, data)
+            write_atomically(path, data)
             return
         except OSError as err:
             if wait is None:

@@ -46,8 +46,7 @@ class Parts:
         self.parts = [part for part in found if part not in replaced]
         if not self.parts:
             raise FileNotFoundError(
-                f"no part files in {self.folder}: run `{self.command.replace('NAME', self.folder.name)}` "
-                "(or `dvc pull`) first"
+                f"no part files in {self.folder}: run `{self.rerun}` (or `dvc pull`) first"
             )
         hashes = set()
         for part in self.parts:
@@ -55,7 +54,7 @@ class Parts:
                 hashes.add(f.attrs["config_hash"])
         if len(hashes) > 1:
             raise ValueError(
-                f"{self.folder} mixes parts of {len(hashes)} configurations; rerun `{self.command}`"
+                f"{self.folder} mixes parts of {len(hashes)} configurations; rerun `{self.rerun}`"
             )
         manifest = self.folder / MANIFEST
         self.manifest: dict[str, Any] | None = json.loads(manifest.read_text()) if manifest.exists() else None
@@ -73,9 +72,14 @@ class Parts:
         raise ValueError(
             f"{self.folder} does not hold the parts its {MANIFEST} lists ({'; '.join(found)}): the folder "
             "changed after its run finished. `dvc checkout` (or `dvc pull`) restores a tracked folder; "
-            f"otherwise run `{self.command.replace('NAME', self.folder.name)}` again, which keeps the parts "
+            f"otherwise run `{self.rerun}` again, which keeps the parts "
             "present and extracts what is missing"
         )
+
+    @property
+    def rerun(self) -> str:
+        """The command that writes this folder, as a message tells the user to run it."""
+        return self.command.replace("NAME", self.folder.name)
 
     @cached_property
     def attrs(self) -> dict[str, Any]:
@@ -104,7 +108,7 @@ class Parts:
             raise ValueError(
                 f"{self.folder} holds {twice.nunique()} sample ids in more than one row "
                 f"(e.g. {', '.join(twice.unique()[:3])}), so a faulty run wrote it: delete the folder and "
-                f"run `{self.command}` again"
+                f"run `{self.rerun}` again"
             )
         if self.manifest is not None:
             position = {sample_id: n for n, sample_id in enumerate(self.manifest["order"])}
@@ -290,7 +294,7 @@ def open_finished(folder: Path | str, allow_incomplete: bool = False) -> Embeddi
         message = (
             f"{emb.folder} has no {MANIFEST}: its extraction has not finished (a run is still going, or "
             f"was killed) and it holds {len(emb.meta)} samples so far. Run "
-            f"`{emb.command.replace('NAME', emb.folder.name)}` to finish it"
+            f"`{emb.rerun}` to finish it"
         )
         if not allow_incomplete:
             raise ValueError(f"{message}, or pass --allow-incomplete to read what it holds")
