@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
-from halp.config import ConfigError, load_params
+from halp.config import NONE_CSV, ConfigError, load_params
+from halp.label.run import read_overrides
+from halp.lens.lens_run import read_ground_truth
 from halp.models.loading import pick_device
 from halp.models.synthetic import BUILDERS
+from halp.probe.run import read_breakdown
+from tests.conftest import REPO
 
 
 def test_repository_params_are_valid():
@@ -69,3 +74,44 @@ def test_unknown_model_names_the_params_file_in_use(tmp_path):
     path.write_text("models:\n  m:\n    model: x\n")
     with pytest.raises(ConfigError, match=r"unknown model name 'n': .*other.yaml configures m"):
         load_params(path).model("n")
+
+
+def test_a_layer_listed_twice_is_refused_and_1_is_not_1_0(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("models:\n  m:\n    model: x\n    layers: [0, 2, 0.5, 2, 0.5]\n")
+    with pytest.raises(ConfigError, match=r"layer\(s\) \[0.5, 2\] listed more than once"):
+        load_params(path)
+    path.write_text("models:\n  m:\n    model: x\n    layers: [1, 1.0]\n")  # block 1 and the last block
+    assert load_params(path).models["m"].layers == [1, 1.0]
+
+
+@pytest.mark.parametrize("section", ["guard", "lens"])
+def test_a_model_name_the_models_map_lacks_is_refused_by_name(tmp_path, section):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"models:\n  m:\n    model: x\n{section}:\n  models: [m, qwen3]\n")
+    with pytest.raises(
+        ConfigError, match=rf"{section}.models names qwen3, .* \(it has m\): add models.qwen3"
+    ):
+        load_params(path)
+
+
+@pytest.mark.parametrize("setting", ["label.overrides", "probe.breakdown", "lens.ground_truth"])
+def test_null_is_refused_where_dvc_depends_on_the_path(tmp_path, setting):
+    """DVC fails on null in a dependency (an AssertionError in every command): the message says what works."""
+    section, key = setting.split(".")
+    path = tmp_path / "params.yaml"
+    path.write_text(f"models:\n  m:\n    model: x\n{section}:\n  {key}: null\n")
+    with pytest.raises(ConfigError, match=rf"{setting}: .*null cannot mean none.*set it to data/none.csv"):
+        load_params(path)
+
+
+def test_an_empty_csv_or_a_header_alone_means_none(tmp_path):
+    header_alone = tmp_path / "reviewed.csv"
+    header_alone.write_text("question_id,label\n\n")
+    assert (REPO / NONE_CSV).stat().st_size == 0
+    for path in (REPO / NONE_CSV, header_alone):
+        assert read_overrides(path) is None
+        assert read_breakdown(path, pd.Series(["q1"])) is None
+        assert read_ground_truth(path) is None
+    with pytest.raises(FileNotFoundError, match=r"probe.breakdown .*gone.csv not found: .*data/none.csv"):
+        read_breakdown(tmp_path / "gone.csv", pd.Series(["q1"]))

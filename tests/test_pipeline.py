@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from halp.config import load_params
+from halp.config import NONE_CSV, load_params
 from halp.models.synthetic import BUILDERS, build_synthetic
 from halp.store import open_bank, open_embeddings, open_vision_tokens
 from tests.conftest import REPO, copy_repo, set_params
@@ -107,6 +107,18 @@ def test_committed_lock_matches_the_committed_code_params_and_results(tmp_path):
     set_params(root, {"organism.subjects.demo_mllama.learning_rate": 0.001})
     retrained = {s for s in stale_stages(root) if s.startswith("train-demo")}
     assert retrained == {"train-demo@demo_mllama"}, "one organism's own setting retrains that one only"
+
+
+def test_none_for_each_optional_csv_works_under_dvc(tmp_path):
+    """data/none.csv, the documented none, is a path DVC can depend on (null breaks every DVC command)."""
+    root = fresh_clone(tmp_path / "halp")
+    assert (root / NONE_CSV).is_file(), "a fresh clone has the empty file"
+    settings = ("label.overrides", "probe.breakdown", "lens.ground_truth")
+    set_params(root, dict.fromkeys(settings, str(NONE_CSV)))
+    lens_models = load_params(root / "params.yaml").lens.models
+    assert set(stale_stages(root)) == (
+        {f"label@{m}" for m in MODELS} | {f"probe@{m}" for m in MODELS} | {f"lens@{m}" for m in lens_models}
+    )
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 DEFAULT_PARAMS = Path("params.yaml")
+NONE_CSV = Path("data/none.csv")  # an empty file: "none" for a CSV that dvc.yaml names as a dependency
 
 
 class ConfigError(ValueError):
@@ -28,6 +29,21 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _path_not_null(value: object) -> object:
+    """DVC interpolates these paths into dvc.yaml's dependencies and fails on null with an "unexpected
+    error" in every command; a file that holds no rows is how such a setting says none."""
+    if value is None:
+        raise ValueError(
+            f"null cannot mean none here: dvc.yaml names this path as a dependency and DVC fails on null. "
+            f"For none, set it to {NONE_CSV} (an empty file) or to any CSV that holds only its header"
+        )
+    return value
+
+
+# A CSV that dvc.yaml depends on; None (the Python API's default) and a file without rows mean none
+OptionalCSV = Annotated[Path | None, BeforeValidator(_path_not_null)]
 
 
 class DemoSettings(_Section):
@@ -159,6 +175,9 @@ def _layers_are_numbers(layers: object) -> object:
 def _layers_well_formed(layers: list[Layer]) -> list[Layer]:
     if not layers:
         raise ValueError("give at least one layer, e.g. [0, 0.5, 1.0]")
+    typed = [(isinstance(layer, float), layer) for layer in layers]  # 1 is block 1, 1.0 the last block
+    if repeated := sorted({layer for kind, layer in typed if typed.count((kind, layer)) > 1}):
+        raise ValueError(f"layer(s) {repeated} listed more than once: give each block once")
     for layer in layers:
         if isinstance(layer, float) and not 0.0 <= layer <= 1.0:
             raise ValueError(
@@ -247,7 +266,7 @@ class LensJudgeSettings(LLMJudgeSettings):
 class LabelSettings(_Section):
     judge: Literal["rules", "ratio", "llm"] = "rules"
     ratio_threshold: float = Field(0.5, ge=0, le=1)
-    overrides: Path | None = Field(None, description="reviewed CSV (question_id, label) applied last")
+    overrides: OptionalCSV = Field(None, description="reviewed CSV (question_id, label) applied last")
     llm: LLMJudgeSettings = LLMJudgeSettings()
     out_dir: Path = Path("data/labels")
     metrics_dir: Path = Path("metrics/labels")
@@ -263,7 +282,7 @@ class ProbeSettings(_Section):
     workers: int | None = Field(
         None, ge=1, description="processes fitting probes, one representation each (null: one per core)"
     )
-    breakdown: Path | None = Field(
+    breakdown: OptionalCSV = Field(
         None, description="CSV of question_id and a group (e.g. data/demo/mechanisms.csv): AUROC per group"
     )
     transfer: bool = Field(
@@ -348,7 +367,7 @@ class LensSettings(_Section):
         description="llm: ask lens.llm whether a token's top words describe its patch (no ground truth)",
     )
     llm: LensJudgeSettings = LensJudgeSettings()
-    ground_truth: Path | None = Field(
+    ground_truth: OptionalCSV = Field(
         None, description="what each image token's cell holds (the demo's cells.csv): scores the readings"
     )
     out_dir: Path = Path("data/vision_tokens")
@@ -380,6 +399,17 @@ class Params(_Section):
     report: ReportSettings = ReportSettings()
     _source: Path = PrivateAttr(DEFAULT_PARAMS)  # the file these came from, for messages
 
+    @model_validator(mode="after")
+    def _named_models_configured(self) -> Params:
+        """A name DVC's foreach would meet only as a missing file is refused by name here."""
+        for section in ("guard", "lens"):
+            if unknown := [name for name in getattr(self, section).models if name not in self.models]:
+                raise ValueError(
+                    f"{section}.models names {', '.join(unknown)}, which the models map does not configure "
+                    f"(it has {', '.join(sorted(self.models))}): add models.{unknown[0]} or remove the name"
+                )
+        return self
+
     def model(self, name: str) -> ModelSettings:
         """The settings of one configured model, or an error naming the ones that exist."""
         if name not in self.models:
@@ -389,6 +419,11 @@ class Params(_Section):
                 f"Add a `models.{name}` entry to {self._source} or pick one of those."
             )
         return self.models[name]
+
+
+def _problem(error: dict) -> str:
+    where = ".".join(map(str, error["loc"]))  # empty for a check across sections
+    return f"  - {where}: {error['msg']}" if where else f"  - {error['msg']}"
 
 
 def load_params(path: Path = DEFAULT_PARAMS) -> Params:
@@ -404,9 +439,7 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
-        problems = "\n".join(
-            f"  - {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors(include_url=False)
-        )
+        problems = "\n".join(_problem(e) for e in err.errors(include_url=False))
         raise ConfigError(f"{path} is invalid:\n{problems}") from None
     params._source = path
     return params

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from halp.config import LabelSettings, Params
+from halp.data.optional import holds_rows
 from halp.label.judges import Judge, LLMJudge, RatioJudge, RulesJudge
 from halp.store import open_finished
 
@@ -52,9 +53,10 @@ def read_verdicts(path: Path, id_column: str, verdict_column: str) -> pd.Series:
     return pd.Series(words.isin(TRUE_WORDS).to_numpy(), index=table[id_column].to_numpy())
 
 
-def read_overrides(path: Path) -> pd.Series:
-    """question_id -> hallucinated (bool) from a reviewed CSV with columns question_id, label."""
-    return read_verdicts(path, "question_id", "label")
+def read_overrides(path: Path | None) -> pd.Series | None:
+    """question_id -> hallucinated (bool) from a reviewed CSV with columns question_id, label; None for
+    a CSV without rows."""
+    return read_verdicts(path, "question_id", "label") if holds_rows(path, "label.overrides") else None
 
 
 def label_answers(
@@ -97,7 +99,7 @@ def label_model(params: Params, model_name: str, allow_incomplete: bool = False)
     params.model(model_name)
     settings = params.label
     meta = open_finished(params.extract.out_dir / model_name, allow_incomplete).meta
-    overrides = read_overrides(settings.overrides) if settings.overrides else None
+    overrides = read_overrides(settings.overrides)
     labels = label_answers(meta, make_judge(settings), settings.judge, overrides)
     out = settings.out_dir / f"{model_name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)

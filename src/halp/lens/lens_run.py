@@ -16,6 +16,7 @@ from transformers import BatchFeature
 from halp import versions
 from halp.config import Params
 from halp.data.corpus import read_corpus
+from halp.data.optional import holds_rows
 from halp.extract.distributed import Rank
 from halp.extract.run import read_samples
 from halp.label.run import read_verdicts
@@ -109,12 +110,8 @@ def own_bank(params: Params, model_name: str) -> Bank:
 
 def read_ground_truth(path: Path | None) -> pd.DataFrame | None:
     """What each image token's cell holds (image_name, row, col, colour, kind, mechanism), if known."""
-    if path is None:
+    if not holds_rows(path, "lens.ground_truth"):
         return None
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"lens.ground_truth {path} not found: run `halp prepare-data` or set it to null"
-        )
     cells = pd.read_csv(path, dtype={"colour": str, "kind": str}, keep_default_na=False)
     missing = {"image_name", "row", "col", "colour", "kind", "mechanism"} - set(cells.columns)
     if missing:

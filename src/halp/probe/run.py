@@ -14,6 +14,7 @@ import torch
 from joblib import Parallel, delayed
 
 from halp.config import Params, ProbeSettings
+from halp.data.optional import holds_rows
 from halp.label.run import read_verdicts
 from halp.probe import risk_coverage
 from halp.probe.classifiers import fit_probes
@@ -60,11 +61,9 @@ def oriented(y_val: np.ndarray, s_val: np.ndarray, s_test: np.ndarray) -> tuple[
 
 def read_breakdown(path: Path | None, sample_ids: pd.Series) -> pd.Series | None:
     """Each sample's group from a CSV (question_id and one column, e.g. the demo's planted mechanism),
-    named by that column; samples it does not list are "unlisted"."""
-    if path is None:
+    named by that column; samples it does not list are "unlisted". None for a CSV without rows."""
+    if not holds_rows(path, "probe.breakdown"):
         return None
-    if not path.is_file():
-        raise FileNotFoundError(f"probe.breakdown {path} not found: point it at a CSV or set it to null")
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     if "question_id" not in table or len(table.columns) != 2:
         raise ValueError(
