@@ -68,8 +68,14 @@ def test_ordinary_images_are_unchanged(tmp_path):
 
 
 def test_missing_and_corrupt_files_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"image not found: .*gone.png \(check data.images_dir\)"):
+    with pytest.raises(FileNotFoundError, match=r"gone.png: image file not found \(check data.images_dir\)"):
         load_image(str(tmp_path / "gone.png"))
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"folder.png: a folder, not an image file"):
+        load_image(str(tmp_path / "folder.png"))
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    with pytest.raises(FileNotFoundError, match=r"loop.png: a symlink loop"):
+        load_image(str(tmp_path / "loop.png"))
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     with pytest.raises(ValueError, match=r"bad.png cannot be decoded"):
         load_image(str(tmp_path / "bad.png"))

@@ -143,6 +143,43 @@ def test_empty_question_and_missing_image_name_rows_and_fix(dataset, tmp_path):
     assert rejected.loc["question_comb_11", "invalid_reason"] == "image file not found"
 
 
+def test_a_folder_a_symlink_loop_and_a_dangling_link_are_told_apart_from_a_missing_file(dataset):
+    csv, images = dataset
+    table = pd.read_csv(csv)
+    (images / "a_folder.jpg").mkdir()
+    (images / "loop.jpg").symlink_to(images / "loop.jpg")
+    (images / "dangling.jpg").symlink_to(images / "gone.jpg")
+    table.loc[[3, 4, 5], "image_name"] = ["a_folder.jpg", "loop.jpg", "dangling.jpg"]
+    table.to_csv(csv, index=False)
+    with pytest.raises(DatasetError) as err:
+        read_dataset(csv, images, {}, drop_invalid=False)
+    message = str(err.value)
+    assert "a folder, not an image file under" in message and "CSV line 5 ('question_comb_3')" in message
+    assert "a symlink loop under" in message and "CSV line 6 ('question_comb_4')" in message
+    assert "a symlink to a missing file under" in message and "CSV line 7 ('question_comb_5')" in message
+    assert "image file not found" not in message
+    _, rejected = read_dataset(csv, images, {}, drop_invalid=True)
+    assert rejected.invalid_reason.tolist() == [
+        "a folder, not an image file",
+        "a symlink loop",
+        "a symlink to a missing file",
+    ]
+
+
+def test_lines_are_counted_in_the_file_after_a_quoted_multi_line_question(dataset):
+    csv, images = dataset
+    table = pd.read_csv(csv)
+    table.loc[1, "question"] = "Is the shape\non the left\nred?"
+    table.loc[4, "image_name"] = "nowhere.jpg"
+    table.to_csv(csv, index=False)
+    with pytest.raises(DatasetError, match=r"CSV line 8 \('question_comb_4'\)"):  # rows 2-3 span 3 lines
+        read_dataset(csv, images, {}, drop_invalid=False)
+    with csv.open("a") as more:
+        more.write("\n\n")  # blank lines at the end: no rows, as pandas reads them
+    with pytest.raises(DatasetError, match=r"CSV line 8 \('question_comb_4'\)"):
+        read_dataset(csv, images, {}, drop_invalid=False)
+
+
 def test_missing_csv(tmp_path):
     with pytest.raises(DatasetError, match="halp prepare-data"):
         read_dataset(tmp_path / "none.csv", tmp_path, {}, drop_invalid=False)

@@ -101,7 +101,7 @@ def test_faulty_images_become_error_rows_and_the_run_goes_on(workspace):
     assert set(errors.index) == {samples.question_id[1], samples.question_id[3]}
     assert "cannot be decoded" in errors.loc[samples.question_id[1], "message"]
     assert "corrupt.png" in errors.loc[samples.question_id[1], "message"]
-    assert "image not found" in errors.loc[samples.question_id[3], "message"]
+    assert "image file not found" in errors.loc[samples.question_id[3], "message"]
     assert (errors.stage == "load_image").all() and (errors.kind == "data").all()
 
     again = halp("extract", "--model", model, cwd=workspace)
@@ -150,8 +150,8 @@ def test_an_image_path_that_is_a_folder_or_a_link_loop_is_a_data_error_and_the_r
     assert list(emb.meta.sample_id) == [samples.question_id[i] for i in (0, 3)]
     errors = emb.errors.set_index("sample_id")
     assert (errors.kind == "data").all() and set(errors.index) == set(samples.question_id[1:3])
-    assert "folder.png cannot be decoded" in errors.loc[samples.question_id[1], "message"]
-    assert "loop.png cannot be decoded" in errors.loc[samples.question_id[2], "message"]
+    assert "folder.png: a folder, not an image file" in errors.loc[samples.question_id[1], "message"]
+    assert "loop.png: a symlink loop" in errors.loc[samples.question_id[2], "message"]
 
 
 def test_runtime_failures_are_retried_on_the_next_run(workspace):

@@ -9,11 +9,30 @@ image loader does.
 
 from __future__ import annotations
 
+import errno
+import stat
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 BACKGROUND = (255, 255, 255)  # what transparent pixels show
 _SIXTEEN_BIT = 65535
+NOT_FOUND = "image file not found"
+
+
+def image_file_problem(path: Path) -> str:
+    """Why `path` holds no image file to read ("" when it does), told apart so that the fix is plain: a
+    folder or a symlink loop is not a file that went missing."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a symlink to a missing file" if path.is_symlink() else NOT_FOUND
+    except OSError as err:
+        return "a symlink loop" if err.errno == errno.ELOOP else f"cannot be read ({err.strerror})"
+    if stat.S_ISDIR(mode):
+        return "a folder, not an image file"
+    return "" if stat.S_ISREG(mode) else "not a regular file"
 
 
 def _to_eight_bit(image: Image.Image, path: str) -> Image.Image:
@@ -52,11 +71,11 @@ def to_rgb(image: Image.Image, path: str) -> Image.Image:
 
 def load_image(path: str) -> Image.Image:
     """The image as 8-bit RGB, or an error that names the file and what is wrong with it."""
+    if problem := image_file_problem(Path(path)):
+        raise FileNotFoundError(f"image {path}: {problem} (check data.images_dir)")
     try:
         with Image.open(path) as image:
             return to_rgb(image, path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path} (check data.images_dir)") from None
     except Image.DecompressionBombError as err:
         raise ValueError(
             f"image {path} is too large to decode safely ({err}); resize it, or raise "

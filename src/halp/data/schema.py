@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 
 import pandas as pd
+
+from halp.data.images import NOT_FOUND, image_file_problem
 
 COLUMNS = (
     "question_id",
@@ -39,8 +42,30 @@ def repair_ground_truth(answer: str) -> tuple[str, bool]:
     return answer, False
 
 
+def row_lines(path: Path) -> list[int]:
+    """Each data row's first line in the file (the header is line 1), rows as pandas reads them: a quoted
+    multi-line cell stays in its row, a blank line is no row."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        starts, end = [], reader.line_num
+        for row in reader:
+            if row:
+                starts.append(end + 1)
+            end = reader.line_num
+    return starts
+
+
+def read_lined_csv(path: Path) -> pd.DataFrame:
+    """A CSV of strings indexed by each row's line in the file, for messages that name lines."""
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    lines = row_lines(path)
+    table.index = lines if len(lines) == len(table) else table.index + 2  # a dialect csv reads otherwise
+    return table
+
+
 def _problem_list(title: str, rows: pd.DataFrame, fix: str) -> str:
-    lines = [f"  - CSV line {i + 2} ({row.question_id!r})" for i, row in rows.head(MAX_LISTED).iterrows()]
+    lines = [f"  - CSV line {i} ({row.question_id!r})" for i, row in rows.head(MAX_LISTED).iterrows()]
     more = f"\n  ... and {len(rows) - MAX_LISTED} more" if len(rows) > MAX_LISTED else ""
     return f"{title} ({len(rows)} rows):\n" + "\n".join(lines) + more + f"\n  fix: {fix}"
 
@@ -64,8 +89,7 @@ def read_dataset(
         raise DatasetError(
             f"dataset CSV {csv} not found: set data.csv in params.yaml or run `halp prepare-data`"
         )
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    table = table.rename(columns={theirs: ours for ours, theirs in columns.items()})
+    table = read_lined_csv(csv).rename(columns={theirs: ours for ours, theirs in columns.items()})
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise DatasetError(
@@ -92,11 +116,9 @@ def read_dataset(
     table["gt_answer"] = [answer for answer, _ in repaired]
     table["gt_repaired"] = [flag for _, flag in repaired]
 
-    reasons = pd.Series("", index=table.index)
+    image_problems = table.image_path.map(lambda p: image_file_problem(Path(p)))
     empty = table.question.str.strip() == ""
-    no_image = ~table.image_path.map(lambda p: Path(p).is_file())
-    reasons[no_image] = "image file not found"
-    reasons[empty] = "empty question"
+    reasons = image_problems.where(~empty, "empty question")
     invalid = reasons != ""
     if invalid.any() and not drop_invalid:
         problems = []
@@ -104,13 +126,14 @@ def read_dataset(
             problems.append(
                 _problem_list("empty question", table[empty], "write the question or drop the row")
             )
-        if no_image.any():
+        for problem in sorted(set(image_problems) - {""}):
+            fix = (
+                "set data.images_dir in params.yaml to the folder holding the images, or add the files"
+                if problem == NOT_FOUND
+                else "put the image file itself at that path"
+            )
             problems.append(
-                _problem_list(
-                    f"image file not found under {images_dir}",
-                    table[no_image],
-                    "set data.images_dir in params.yaml to the folder holding the images, or add the files",
-                )
+                _problem_list(f"{problem} under {images_dir}", table[image_problems == problem], fix)
             )
         raise DatasetError(
             f"{csv} has invalid rows (set data.drop_invalid: true to leave them out instead):\n"

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from halp.config import ConfigError, Params
 from halp.data.images import load_image
-from halp.data.schema import read_dataset
+from halp.data.schema import read_dataset, read_lined_csv
 from halp.guard.guard import SEAL, Guard
 from halp.store.parts import write_atomically
 
@@ -67,12 +67,8 @@ def read_questions(params: Params, source: Path, out: Path, batch_size: int) -> 
     valid, rejected = read_dataset(
         source, params.data.images_dir, params.data.columns, drop_invalid=True, required=QUESTION_COLUMNS
     )
-    with source.open(newline="", encoding="utf-8") as handle:  # a quoted multi-line question is one row
-        reader, line, end = csv.DictReader(handle), {}, 1  # line 1: the header
-        id_column = params.data.columns.get("question_id", "question_id")
-        for row in reader:
-            line[row[id_column]], end = end + 1, reader.line_num  # the row's first line
-    return Questions(valid, rejected, line)
+    ids = read_lined_csv(source)[params.data.columns.get("question_id", "question_id")]
+    return Questions(valid, rejected, dict(zip(ids, ids.index, strict=True)))
 
 
 def _first_line(path: Path) -> str:

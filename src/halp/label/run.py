@@ -11,6 +11,7 @@ import pandas as pd
 
 from halp.config import LabelSettings, Params
 from halp.data.optional import holds_rows
+from halp.data.schema import read_lined_csv
 from halp.label.judges import Judge, LLMJudge, RatioJudge, RulesJudge
 from halp.store import open_finished
 
@@ -31,21 +32,21 @@ def make_judge(settings: LabelSettings) -> Judge:
 def read_verdicts(path: Path, id_column: str, verdict_column: str) -> pd.Series:
     """id -> hallucinated (bool) from a CSV a person may have edited: every cell one of 1/0, true/false,
     yes/no, hallucinated/correct, every id once; the bad rows are named by line."""
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = read_lined_csv(path)
     missing = {id_column, verdict_column} - set(table.columns)
     if missing:
         raise ValueError(f"{path} lacks column(s) {sorted(missing)}; it needs {id_column}, {verdict_column}")
     words = table[verdict_column].str.strip().str.lower()
     bad = table[~words.isin(TRUE_WORDS | FALSE_WORDS)]
     if len(bad):
-        rows = ", ".join(f"line {i + 2} ({v!r})" for i, v in bad[verdict_column].head(10).items())
+        rows = ", ".join(f"line {i} ({v!r})" for i, v in bad[verdict_column].head(10).items())
         raise ValueError(
             f"{path}: {len(bad)} {verdict_column} cell(s) are not 1/0, true/false or yes/no (an empty cell "
             f"is none of them): {rows}"
         )
     repeated = table[table[id_column].duplicated(keep=False)]
     if len(repeated):
-        rows = ", ".join(f"line {i + 2} ({v})" for i, v in repeated[id_column].head(10).items())
+        rows = ", ".join(f"line {i} ({v})" for i, v in repeated[id_column].head(10).items())
         raise ValueError(
             f"{path}: {repeated[id_column].nunique()} {id_column}(s) appear more than once: {rows}; "
             "keep one row each"
