@@ -16,6 +16,9 @@ from halp.store.lock import FolderBusy
 from halp.store.parts import PartWriteError
 
 log = logging.getLogger("halp")
+# The commands that keep each finished part (the guard: each row written) and go on from there when run
+# again; the others write their outputs when they finish and start over.
+RESUMES = ("extract", "contextual-bank", "vision-tokens", "lens", "guard")
 
 
 def _prepare_data(params: Params, args: argparse.Namespace) -> None:
@@ -308,11 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(load_params(args.params), args)
     except KeyboardInterrupt:
-        print(
-            f"halp {args.command}: interrupted. Finished work is kept (for extract: every complete part); "
-            "run the same command again to go on from there.",
-            file=sys.stderr,
+        kept = (
+            "Finished work is kept (every complete part; for guard --csv every row written): run the same "
+            "command again to go on from there."
+            if args.command in RESUMES
+            else "An unfinished run of this command keeps nothing: run the same command again to start over."
         )
+        print(f"halp {args.command}: interrupted. {kept}", file=sys.stderr)
         return 130
     except subprocess.CalledProcessError as err:
         print(f"halp {args.command}: error: a worker failed ({err})", file=sys.stderr)

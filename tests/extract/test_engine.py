@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from halp.config import ConfigError
 from halp.extract.engine import Extractor
 from halp.models.adapter import resolve
 from tests.conftest import ARCHS
@@ -269,3 +270,13 @@ def test_device_map_loading_extracts_the_same(mixed_batch, setup):
     for name in ("vision_only", "vision_token", "query_token"):
         np.testing.assert_allclose(getattr(again, name), getattr(batched, name), atol=TOL, rtol=0)
     assert again.answers == batched.answers
+
+
+def test_a_top_k_beyond_the_vocabulary_is_refused_before_any_sample(load_tiny):
+    loaded = load_tiny("qwen2_vl")
+    vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
+    assert Extractor(loaded, LAYERS, max_new_tokens=1, top_k=vocabulary).top_k == vocabulary
+    with pytest.raises(
+        ConfigError, match=rf"extract.top_k {vocabulary + 1} exceeds the vocabulary .*at most"
+    ):
+        Extractor(loaded, LAYERS, max_new_tokens=1, top_k=vocabulary + 1)

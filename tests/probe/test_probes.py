@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from halp.config import Params
 from halp.label.run import label_model
@@ -484,3 +488,21 @@ def test_transfer_trains_on_one_group_and_tests_on_the_others(tmp_path):
     assert len(plotted) == 3 * (2 + 2) and plotted.out_of_group_mean.between(0, 1).all()
     params.probe.transfer = False  # the grid alone, for a quicker stage
     assert "transfer" not in json.loads(probe_model(params, "m").read_text())
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_probe_says_that_nothing_is_kept(tmp_path):
+    """Only the commands that write part by part promise to keep finished work."""
+    params = make_store(tmp_path, balanced_labels())
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json", exclude_none=True)))
+    command = [sys.executable, "-m", "halp", "--params", str(params_file), "probe", "--model", "m"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # the first probe fitted: well inside the run
+    proc.send_signal(signal.SIGINT)
+    err = first + proc.communicate(timeout=120)[1]
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "halp probe: interrupted. An unfinished run of this command keeps nothing" in err
+    assert "Finished work is kept" not in err and not (tmp_path / "probes" / "m.json").exists()

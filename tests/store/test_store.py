@@ -288,6 +288,24 @@ def test_remove_damaged_removes_only_the_unreadable_part(tmp_path):
     assert PartFolder(tmp_path, "abc").extracted().keys() == {"q0", "q1"}
 
 
+def test_remove_damaged_refuses_a_file_named_like_a_part_that_is_no_hdf5_at_all(tmp_path):
+    kept = write(tmp_path, [0, 1])
+    notes = tmp_path / "part-00007.h5"
+    notes.write_text("my notes, saved here by mistake\n")
+    for run in (
+        lambda: PartFolder(tmp_path, "abc").clean(remove_damaged=True),
+        lambda: open_embeddings(tmp_path),
+    ):
+        with pytest.raises(
+            ValueError, match=r"part-00007.h5 is named like a part but is no HDF5 file .*Move it"
+        ):
+            run()
+    assert notes.read_text() == "my notes, saved here by mistake\n" and kept.exists()
+    notes.write_bytes(b"")  # empty: nothing to lose
+    PartFolder(tmp_path, "abc").clean(remove_damaged=True)
+    assert not notes.exists() and PartFolder(tmp_path, "abc").extracted().keys() == {"q0", "q1"}
+
+
 def test_a_read_only_folder_stops_with_the_documented_message_before_any_work(tmp_path, monkeypatch):
     """Tests run as root, who writes anywhere: the error of a read-only mount is raised where it would be."""
     write(tmp_path, [0, 1])

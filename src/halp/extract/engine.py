@@ -13,7 +13,7 @@ from PIL.Image import Image
 from torch import Tensor
 from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList
 
-from halp.config import ModelSettings
+from halp.config import ConfigError, ModelSettings
 from halp.extract.capture import at_positions, capture_first_call
 from halp.models.layers import resolve_layers
 from halp.models.loading import LoadedModel
@@ -93,6 +93,12 @@ class Extractor:
         self.loaded = loaded
         self.layers = list(layers)
         self.max_new_tokens = max_new_tokens
+        vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
+        if top_k > vocabulary:  # else every sample would fail in topk, one runtime error at a time
+            raise ConfigError(
+                f"extract.top_k {top_k} exceeds the vocabulary of this {loaded.model_type} model "
+                f"({vocabulary} tokens): set extract.top_k to at most {vocabulary} in params.yaml"
+            )
         self.top_k = top_k
         # page-locked inputs copy to a GPU asynchronously (meant for batches prepared in the background)
         self.pin_memory = pin_memory and loaded.device.type == "cuda"

@@ -108,6 +108,7 @@ def open_part(path: Path) -> Iterator[h5py.File]:
     try:
         f = h5py.File(path, "r")
     except OSError as err:
+        _refuse_foreign(path)
         raise ValueError(
             f"{path} cannot be read ({err}): it was cut short or damaged. Remove it, or add --remove-damaged "
             "to the command that writes this folder (halp extract, contextual-bank, vision-tokens or lens), "
@@ -122,12 +123,29 @@ def open_part(path: Path) -> Iterator[h5py.File]:
         yield f
 
 
-def _opens(path: Path) -> bool:
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of every part halp writes, even one cut short
+
+
+def _refuse_foreign(path: Path) -> None:
+    """A file named like a part that will not open and is no HDF5 file at all is not a damaged part but
+    someone else's file: refused, never removed (an empty one holds nothing to lose)."""
+    with path.open("rb") as f:
+        head = f.read(len(HDF5_SIGNATURE))
+    if head and head != HDF5_SIGNATURE:
+        raise ValueError(
+            f"{path} is named like a part but is no HDF5 file (it begins {head!r}): halp did not write it "
+            f"and --remove-damaged leaves it alone. Move it out of {path.parent} and run again"
+        )
+
+
+def _damaged(path: Path) -> bool:
+    """A part that will not open: cut short or corrupt."""
     try:
         h5py.File(path, "r").close()
-    except OSError:
         return False
-    return True
+    except OSError:
+        _refuse_foreign(path)
+        return True
 
 
 def config_hash(identity: dict[str, Any]) -> str:
@@ -357,7 +375,7 @@ class PartFolder:
             log.info("removing incomplete %s left by an interrupted run", leftover.name)
             leftover.unlink()
         if remove_damaged:
-            for damaged in (part for part in self.parts() if not _opens(part)):
+            for damaged in (part for part in self.parts() if _damaged(part)):
                 log.warning(
                     "removing %s (--remove-damaged): it cannot be read; its samples run again", damaged
                 )
