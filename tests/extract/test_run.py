@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
 
 from halp.store import open_embeddings
 from halp.store.parts import read_text
@@ -369,3 +371,33 @@ def test_the_same_extraction_twice_writes_the_same_bytes(workspace):
     assert len(names) > 2 and names == sorted(p.name for p in folders[1].iterdir())
     for name in names:
         assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
+
+
+def test_a_model_that_computes_nan_stops_at_the_batch_naming_its_samples_and_keeps_the_earlier_rows(
+    workspace, tiny_dir
+):
+    """NaN in one token's input embedding: the samples whose question holds that token compute NaN states."""
+    broken = workspace / "broken"
+    shutil.copytree(tiny_dir / "qwen2_vl", broken)
+    samples = pd.read_csv(workspace / "sampled/samples.csv", dtype=str, keep_default_na=False)
+    tokenizer = AutoTokenizer.from_pretrained(broken)
+    ids = [set(tokenizer(question)["input_ids"]) for question in samples.question]
+    first = next(i for i in range(2, len(ids)) if ids[i] - ids[0] - ids[1])  # after one clean batch of two
+    poisoned = min(ids[first] - ids[0] - ids[1])
+    hit = [samples.question_id[i] for i in range(2, len(ids)) if poisoned in ids[i]]
+    weights = load_file(broken / "model.safetensors")
+    embedding = next(name for name in weights if name.endswith("embed_tokens.weight"))
+    weights[embedding][poisoned] = float("nan")
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    set_params(workspace, {"models.broken": {"model": str(broken), "layers": [0, -1], "batch_size": 2}})
+
+    result = halp("extract", "--model", "broken", cwd=workspace, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    batch = [q for q in samples.question_id[2 * (first // 2) : 2 * (first // 2) + 2] if q in hit]
+    assert f"the model computed states that are not finite (NaN or inf) for {len(batch)} sample(s): " in (
+        result.stderr
+    )
+    assert ", ".join(sorted(batch)) in result.stderr and "set dtype: bfloat16 or float32" in result.stderr
+    emb = open_embeddings(workspace / "embeddings/broken")
+    assert list(emb.meta.sample_id) == list(samples.question_id[: 2 * (first // 2)]), "earlier batches kept"
+    assert np.isfinite(emb.get("query_token", 0)).all()

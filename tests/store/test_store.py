@@ -16,7 +16,7 @@ import pytest
 
 from halp.store import open_embeddings
 from halp.store.export import export_per_question
-from halp.store.parts import PartBuffer, PartFolder, PartWriteError, write_part
+from halp.store.parts import NonFiniteStates, PartBuffer, PartFolder, PartWriteError, write_part
 from tests.conftest import halp
 
 LAYERS = [0, 5]
@@ -126,22 +126,23 @@ def test_float16_storage_refuses_infinities(tmp_path):
     assert open_embeddings(tmp_path).get("query_token", 0).dtype == np.float16
 
 
-def test_an_overflow_is_refused_even_beside_a_nan_and_every_overflowed_sample_is_counted(tmp_path):
-    buffer = PartBuffer()
-    for i in range(9):
-        meta, arrays = sample_row(i)
-        arrays["query_token"][0, :2] = [np.nan, 1.0] if i == 0 else [1e6, 2.0]  # NaN poisons a max
-        buffer.add(meta, arrays)
-    with pytest.raises(
-        OverflowError, match=r"8 sample\(s\) overflows float16.*q1, q2, q3, q4, q5 and 3 more"
-    ):
-        write_part(tmp_path / "part-00000.h5", buffer, ATTRS, "float16")
-    nan_only = PartBuffer()
-    meta, arrays = sample_row(0)
-    arrays["query_token"][0, 0] = np.nan
-    nan_only.add(meta, arrays)
-    write_part(tmp_path / "part-00000.h5", nan_only, ATTRS, "float16")  # a NaN is stored as it is
-    assert np.isnan(open_embeddings(tmp_path).get("query_token", 0)[0, 0])
+def test_a_non_finite_state_and_every_overflowed_sample_are_refused_by_name(tmp_path):
+    def buffer(values: dict[int, list[float]]) -> PartBuffer:
+        rows = PartBuffer()
+        for i, pair in values.items():
+            meta, arrays = sample_row(i)
+            arrays["query_token"][0, :2] = pair
+            rows.add(meta, arrays)
+        return rows
+
+    part = tmp_path / "part-00000.h5"
+    non_finite = buffer({0: [np.nan, 1], 1: [1, 2], 3: [np.inf, 0]})
+    with pytest.raises(NonFiniteStates, match=r"query_token that are not finite .*2 sample\(s\): q0, q3\. "):
+        write_part(part, non_finite, ATTRS, "float32")
+    overflowing = buffer({i: [1e6, 2] for i in range(1, 9)})
+    with pytest.raises(OverflowError, match=r"8 sample\(s\) overflows float16.*q5 and 3 more"):
+        write_part(part, overflowing, ATTRS, "float16")
+    assert list(tmp_path.iterdir()) == [], "a refused part leaves nothing behind"
 
 
 def test_mixed_configurations_are_refused(tmp_path):

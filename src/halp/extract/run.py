@@ -36,6 +36,7 @@ from halp.store.parts import (
     PartFolder,
     Schema,
     config_hash,
+    non_finite,
     write_part,
 )
 
@@ -175,7 +176,16 @@ class ExtractionRun:
             yield _meta(row, out, i), {name: getattr(out, name)[i] for name in ARRAYS}
 
     def _keep(self, rows: pd.DataFrame, out: Any) -> None:
-        for meta, arrays in self._rows(rows, out):
+        kept = list(self._rows(rows, out))
+        bad = [
+            m["sample_id"]
+            for m, arrays in kept
+            if not all(np.isfinite(arrays[n]).all() for n in self.schema.floats if n in arrays)
+        ]
+        if bad:  # at once, not when the part is written: broken weights stop the run at its first batch
+            self._flush()  # the earlier batches' rows are finished work
+            raise non_finite("states", bad)
+        for meta, arrays in kept:
             self.buffer.add(meta, arrays)
             if len(self.buffer) >= self.settings.checkpoint_interval:
                 self._flush()

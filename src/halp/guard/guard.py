@@ -19,6 +19,7 @@ from transformers import BatchFeature
 
 from halp.config import ConfigError, ModelSettings
 from halp.extract.engine import Extractor
+from halp.jsonfile import json_text
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import LoadedModel, load_model
 from halp.probe.classifiers import build_probe
@@ -74,7 +75,7 @@ def write_guard(folder: Path, card: dict, state: dict[str, torch.Tensor]) -> Non
     weights = save(state)
     card = card | {SEAL: seal(card, weights)}
     write_atomically(folder / WEIGHTS, weights)
-    write_atomically(folder / CARD, (json.dumps(card, indent=2) + "\n").encode())
+    write_atomically(folder / CARD, json_text(card).encode())
 
 
 def read_card(folder: Path) -> tuple[dict, bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -12,6 +11,7 @@ import pandas as pd
 from halp.config import LabelSettings, Params
 from halp.data.optional import holds_rows
 from halp.data.schema import read_lined_csv
+from halp.jsonfile import write_json
 from halp.label.judges import Judge, LLMJudge, RatioJudge, RulesJudge
 from halp.store import open_finished
 
@@ -107,7 +107,7 @@ def label_model(params: Params, model_name: str, allow_incomplete: bool = False)
     labels.to_csv(out, index=False, lineterminator="\n")
     metrics = settings.metrics_dir / f"{model_name}.json"
     metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(rates(labels), indent=2) + "\n")
+    write_json(metrics, rates(labels))
     log.info(
         "%s: %d of %d answers hallucinated -> %s", model_name, labels.hallucinated.sum(), len(labels), out
     )

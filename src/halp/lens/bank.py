@@ -13,7 +13,6 @@ Sentences run right-padded, so a token's position never depends on its batch; pa
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from halp.config import Params
 from halp.data.corpus import read_corpus
 from halp.digests import file_digest
 from halp.extract.capture import at_positions, capture_first_call
+from halp.jsonfile import write_json
 from halp.models.fingerprint import model_fingerprint
 from halp.models.layers import resolve_layers
 from halp.models.loading import LoadedModel, load_model
@@ -208,7 +208,7 @@ class BankBuilder:
             "token_strings_at_the_cap": int((per_string == self.lens.max_per_token).sum()),
         }
         self.lens.bank_metrics_dir.mkdir(parents=True, exist_ok=True)
-        (self.lens.bank_metrics_dir / f"{self.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_json(self.lens.bank_metrics_dir / f"{self.name}.json", summary, indent=1)
 
     def _flush(self, buffer: PartBuffer) -> None:
         if len(buffer):

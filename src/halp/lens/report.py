@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from halp.data.images import load_image
+from halp.jsonfile import write_json
 from halp.lens.accuracy import SHAPE_WORDS, lens_accuracy, model_misses, token_truth, top_words
 from halp.lens.lenses import METHODS
 from halp.lens.words import Words
@@ -193,6 +193,6 @@ def write_lens_outputs(
     found = top_words(readings, words, 5)  # every token's words, mapped once for all that follows
     ground_truth = None if cells is None else (cells, token_truth(readings, cells))
     metrics = lens_metrics(readings, bank, words, found, ground_truth, answers, judged)
-    (metrics_dir / f"{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    write_json(metrics_dir / f"{name}.json", metrics, indent=1)
     truth = None if ground_truth is None else ground_truth[1]
     (view_dir / f"{name}.html").write_text(lens_page(readings, found, image_paths, n_images, truth))

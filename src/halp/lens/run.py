@@ -22,6 +22,7 @@ from halp import versions
 from halp.config import ConfigError, LensSettings, Params
 from halp.extract.distributed import Rank, process_group
 from halp.extract.run import ExtractionRun, read_samples
+from halp.jsonfile import write_json
 from halp.lens.statistics import STATISTICS, image_statistics
 from halp.models.loading import read_config
 from halp.store.lock import writing
@@ -171,7 +172,7 @@ def write_metrics(tokens: VisionTokens, lens: LensSettings, model_name: str) -> 
     }
     for folder in (lens.metrics_dir, lens.plots_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    (lens.metrics_dir / f"{model_name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(lens.metrics_dir / f"{model_name}.json", summary, indent=1)
     table.index = [-1, *tokens.layers]  # a number for the plot's axis: -1 is the LM's input
     table.rename_axis("layer").reset_index().to_csv(
         lens.plots_dir / f"{model_name}.csv", index=False, lineterminator="\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
@@ -15,6 +14,7 @@ from joblib import Parallel, delayed
 
 from halp.config import Params, ProbeSettings
 from halp.data.optional import holds_rows
+from halp.jsonfile import write_json
 from halp.label.run import read_verdicts
 from halp.probe import risk_coverage
 from halp.probe.classifiers import fit_probes
@@ -283,7 +283,7 @@ def probe_model(
         (settings.control_dir, f"{model_name}_{control}") if control else (settings.out_dir, model_name)
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out_dir / f"{name}.json", report)
     table.to_csv(out_dir / f"{name}.csv", index=False, lineterminator="\n")
     if not control:
         settings.test_scores_dir.mkdir(parents=True, exist_ok=True)
@@ -291,8 +291,7 @@ def probe_model(
             settings.test_scores_dir / f"{name}.csv", index=False, float_format="%.7g", lineterminator="\n"
         )
         settings.headline_dir.mkdir(parents=True, exist_ok=True)
-        numbers = json.dumps(headline(report, table), indent=2)
-        (settings.headline_dir / f"{name}.json").write_text(numbers + "\n")
+        write_json(settings.headline_dir / f"{name}.json", headline(report, table))
     return out_dir / f"{name}.json"
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from halp.jsonfile import write_json
 from halp.store.reader import Embeddings
 
 
@@ -62,5 +62,5 @@ def summarize(embeddings: Embeddings) -> dict:
 
 def write_summary(embeddings: Embeddings, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summarize(embeddings), indent=2) + "\n")
+    write_json(out, summarize(embeddings))
     return out

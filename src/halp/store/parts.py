@@ -202,18 +202,34 @@ def read_text(dataset: h5py.Dataset) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in dataset[()]]  # schema 1
 
 
+class NonFiniteStates(ValueError):
+    """The model computed NaN or inf: stored, they would poison every statistic and probe downstream."""
+
+
+def _listed(ids: Sequence[str]) -> str:
+    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
+def non_finite(what: str, bad: Sequence[str]) -> NonFiniteStates:
+    """The error naming the samples whose `what` hold NaN or inf, with the two usual causes."""
+    return NonFiniteStates(
+        f"the model computed {what} that are not finite (NaN or inf) for {len(bad)} sample(s): "
+        f"{_listed(bad)}. In float16 an activation overflowed inside the model (set dtype: bfloat16 or "
+        "float32 for this model in params.yaml), or its weights hold NaN (check the checkpoint). Nothing of "
+        "these samples is stored; the parts already written are kept"
+    )
+
+
 def _float_for_storage(name: str, values: np.ndarray, dtype: str, ids: list[str]) -> np.ndarray:
-    """`values` in the storage dtype; a finite value that would become infinite is refused, checked value by
-    value (a NaN elsewhere in the part, which is stored as it is, must not hide an overflow)."""
+    """`values` in the storage dtype; a value that is not finite, or would become infinite, is refused."""
+    if bad := sorted({ids[i] for i in np.argwhere(~np.isfinite(values))[:, 0]}):
+        raise non_finite(name, bad)
     with np.errstate(over="ignore"):
         stored = values.astype(dtype)
-    overflowed = np.isfinite(values) & ~np.isfinite(stored)
-    if overflowed.any():
-        bad = sorted({ids[i] for i in np.argwhere(overflowed)[:, 0]})
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if bad := sorted({ids[i] for i in np.argwhere(~np.isfinite(stored))[:, 0]}):
         raise OverflowError(
-            f"{name} of {len(bad)} sample(s) overflows {dtype} (residual streams have outliers): {shown}. "
-            "Set storage_dtype: float32 for this model in params.yaml"
+            f"{name} of {len(bad)} sample(s) overflows {dtype} (residual streams have outliers): "
+            f"{_listed(bad)}. Set storage_dtype: float32 for this model in params.yaml"
         )
     return stored
 
