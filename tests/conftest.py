@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -73,6 +74,17 @@ def halp(*args: str, cwd: Path, check: bool = True, **options) -> subprocess.Com
     if check and result.returncode != 0:
         raise AssertionError(f"halp {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result
+
+
+def file_limit(size: int):
+    """preexec_fn: the kernel refuses to grow any file of the child past `size` bytes (EFBIG), as a disk
+    that is full refuses (tests run as root, whom permissions do not stop)."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+
+    return limit
 
 
 def start_extract(model: str, cwd: Path, **options) -> subprocess.Popen:

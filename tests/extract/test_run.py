@@ -18,7 +18,14 @@ from transformers import AutoTokenizer
 
 from halp.store import open_embeddings
 from halp.store.parts import read_text
-from tests.conftest import halp, kill_after_first_part, set_params, start_extract, wait_for_first_part
+from tests.conftest import (
+    file_limit,
+    halp,
+    kill_after_first_part,
+    set_params,
+    start_extract,
+    wait_for_first_part,
+)
 
 ARRAYS = ["vision_only", "first_token_logprobs"]
 
@@ -198,23 +205,11 @@ def test_missing_sample_csv_says_which_stage_to_run(workspace):
     assert "run `halp sample` first" in result.stderr
 
 
-def limit_file_size(size: int):
-    """preexec_fn: the kernel refuses to grow any file of the child past `size` bytes (EFBIG)."""
-
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
-
-    return limit
-
-
 @pytest.mark.slow
 def test_a_disk_full_for_a_moment_loses_nothing_and_duplicates_nothing(workspace):
     model = "qwen2_vl"
     set_params(workspace, {"extract.write_retry_seconds": [5]})
-    proc = start_extract(
-        model, workspace, stderr=subprocess.PIPE, text=True, preexec_fn=limit_file_size(4096)
-    )
+    proc = start_extract(model, workspace, stderr=subprocess.PIPE, text=True, preexec_fn=file_limit(4096))
     for line in proc.stderr:
         if "trying again in 5 s" in line:
             break
@@ -232,7 +227,7 @@ def test_a_disk_full_for_good_stops_with_one_clear_message_and_resumes(workspace
     model = "qwen2_vl"
     set_params(workspace, {"extract.write_retry_seconds": [0.1]})
     folder = workspace / "embeddings" / model
-    stopped = halp("extract", "--model", model, cwd=workspace, check=False, preexec_fn=limit_file_size(4096))
+    stopped = halp("extract", "--model", model, cwd=workspace, check=False, preexec_fn=file_limit(4096))
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
     assert "could not write embeddings/qwen2_vl/part-00000.h5" in stopped.stderr
     assert "4 samples" in stopped.stderr and "File too large" in stopped.stderr

@@ -21,7 +21,7 @@ from halp.probe.run import load_labelled
 from halp.probe.splits import grouped_splits
 from halp.store import open_embeddings
 from halp.store.lock import writing
-from tests.conftest import REPO, halp, make_workspace, set_params
+from tests.conftest import REPO, file_limit, halp, make_workspace, set_params
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +265,26 @@ def test_halp_guard_csv_edges_lose_nothing_and_say_what_is_wrong(fitted):
     questions.iloc[[2]].to_csv(fitted / "bombs.csv", index=False)
     nothing = halp(*command[:4], "bombs.csv", "--out", "bombs_out.csv", cwd=fitted, check=False)
     assert nothing.returncode == 2 and "none of the 1 rows could be assessed" in nothing.stderr
+
+
+def test_a_full_disk_stops_guard_csv_with_one_message_and_the_rerun_loses_and_doubles_nothing(fitted):
+    questions = pd.read_csv(fitted / "demo/questions.csv", dtype=str).head(16)
+    questions.to_csv(fitted / "many.csv", index=False)
+    command = [
+        "guard",
+        "--model",
+        "demo_vlm",
+        "--csv",
+        "many.csv",
+        "--out",
+        "many_out.csv",
+        "--batch-size",
+        "4",
+    ]
+    full = halp(*command, cwd=fitted, check=False, preexec_fn=file_limit(400))
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert "could not write many_out.csv (File too large; " in full.stderr
+    assert "every row written is kept, and the rerun goes on from there" in full.stderr
+    halp(*command, cwd=fitted)
+    out = pd.read_csv(fitted / "many_out.csv", dtype=str, keep_default_na=False)
+    assert sorted(out.question_id) == sorted(questions.question_id) and (out.error == "").all()

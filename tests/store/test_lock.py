@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from halp.store import open_embeddings
 from halp.store.lock import FolderBusy, lock_path, writing
+from halp.store.parts import PartWriteError
 from tests.conftest import halp, set_params
 
 MODEL = "qwen2_vl"
@@ -77,3 +80,18 @@ def test_every_part_folder_writer_takes_the_lock(workspace, command, folder):
     with writing(workspace / folder / MODEL):
         refused = halp(command, "--model", MODEL, cwd=workspace, check=False)
     assert refused.returncode == 2 and "is being written by pid" in refused.stderr, refused.stderr
+
+
+def test_a_lock_file_on_a_read_only_mount_gives_the_documented_message(tmp_path, monkeypatch):
+    """Tests run as root, who writes anywhere: the error of a read-only mount is raised where it would be."""
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    folder = tmp_path / "embeddings" / MODEL
+    with (
+        pytest.raises(PartWriteError, match=rf"could not write {lock_path(folder)} \(Read-only file system;"),
+        writing(folder),
+    ):
+        pytest.fail("the body ran without its lock")

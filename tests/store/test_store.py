@@ -17,7 +17,7 @@ import pytest
 from halp.store import open_embeddings
 from halp.store.export import export_per_question
 from halp.store.parts import NonFiniteStates, PartBuffer, PartFolder, PartWriteError, write_part
-from tests.conftest import halp
+from tests.conftest import file_limit, halp
 
 LAYERS = [0, 5]
 H, D_VIS, K = 8, 4, 3
@@ -349,7 +349,7 @@ def test_no_manifest_is_written_over_samples_a_removed_part_took_with_it(tmp_pat
     assert not (tmp_path / "manifest.json").exists()
 
 
-def test_export_stores_any_answer_exactly_and_leaves_no_partial_file(tmp_path, monkeypatch):
+def test_export_stores_any_answer_exactly(tmp_path):
     buffer = PartBuffer()
     for i, answer in enumerate(ODD_ANSWERS):
         meta, arrays = sample_row(i)
@@ -369,15 +369,21 @@ def test_export_stores_any_answer_exactly_and_leaves_no_partial_file(tmp_path, m
             )
             stored.append(text)
     assert stored == ODD_ANSWERS
-    original = out.read_bytes()
 
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(h5py.Group, "create_group", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        export_per_question(open_embeddings(tmp_path / "emb"), out)
-    assert out.read_bytes() == original and not list(tmp_path.glob("*.tmp")), "the old export stands whole"
+def test_export_onto_a_full_disk_says_so_once_and_the_earlier_file_stands_whole(tmp_path):
+    write(tmp_path / "data/embeddings/m", [0, 1, 2])
+    PartFolder(tmp_path / "data/embeddings/m", "abc").write_manifest("m", ["q0", "q1", "q2"])
+    (tmp_path / "params.yaml").write_text("models:\n  m:\n    model: unused\n")
+    halp("export", "--model", "m", "--out", "m.h5", cwd=tmp_path)
+    earlier = (tmp_path / "m.h5").read_bytes()
+    full = halp(
+        "export", "--model", "m", "--out", "m.h5", cwd=tmp_path, check=False, preexec_fn=file_limit(2048)
+    )
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert "could not write m.h5 (File too large; " in full.stderr
+    assert "no partial file is left, and the embeddings are untouched" in full.stderr
+    assert (tmp_path / "m.h5").read_bytes() == earlier and not list(tmp_path.glob("*.tmp")), "stands whole"
 
 
 def test_export_refuses_an_unfinished_extraction_unless_asked(tmp_path):

@@ -19,7 +19,7 @@ from halp.config import ConfigError, Params
 from halp.data.images import load_image
 from halp.data.schema import read_dataset, read_lined_csv
 from halp.guard.guard import SEAL, Guard
-from halp.store.parts import write_atomically
+from halp.store.parts import write_atomically, writing_output
 
 log = logging.getLogger(__name__)
 FIELDS = ["question_id", "risk", "flagged", "answer", "error"]
@@ -112,7 +112,15 @@ def assess_csv(
 ) -> tuple[int, int]:
     """Every question into `out` under its lock; returns (rows assessed now, rows with an error). A row
     whose image is missing or broken, whose question is empty, or that the processor refuses, is written
-    with its error and logged by CSV line; the run goes on, and a rerun tries those rows again."""
+    with its error and logged by CSV line; the run goes on, and a rerun tries those rows again. A disk that
+    is full or read-only stops the run with one message; every row written stays."""
+    with writing_output(out, "every row written is kept, and the rerun goes on from there"):
+        return _assess_into(guard, questions, out, settings, batch_size)
+
+
+def _assess_into(
+    guard: Guard, questions: Questions, out: Path, settings: dict, batch_size: int
+) -> tuple[int, int]:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _resume(out, settings)
     todo = questions.valid[~questions.valid.question_id.isin(done)]

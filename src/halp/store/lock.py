@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from halp.store.parts import writing_output
+
 log = logging.getLogger(__name__)
 HELD = "HALP_HOLDS_LOCK"  # set by a launcher holding the lock for the workers it starts
 
@@ -40,8 +42,10 @@ def writing(folder: Path, wait: bool = False, main: bool = True) -> Iterator[Non
         yield
         return
     path = lock_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    with writing_output(path, "nothing was written (a run locks its folder with this file first)"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a+")  # noqa: SIM115 (held open, and closed, below)
+    with lock as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -154,7 +154,29 @@ def config_hash(identity: dict[str, Any]) -> str:
 
 
 class PartWriteError(RuntimeError):
-    """A part could not be written even after retries: the run stops, finished parts stay as they are."""
+    """An output could not be written (a full or read-only disk, no permission; a part even after retries):
+    the run stops with one message saying where, why and what is kept."""
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
+@contextmanager
+def writing_output(path: Path, kept: str) -> Iterator[None]:
+    """The body's OSErrors (a full or read-only disk, no permission) as one PartWriteError naming `path`
+    and saying what is `kept`."""
+    try:
+        yield
+    except OSError as err:
+        raise PartWriteError(
+            f"could not write {path} ({err.strerror or err}; {_free_space(path.parent)}). Free space, make "
+            f"the folder writable (or mount it so), or write elsewhere; then run the same command again: "
+            f"{kept}"
+        ) from err
 
 
 @dataclass
@@ -294,7 +316,7 @@ def encode_part(buffer: PartBuffer, attrs: dict[str, Any], storage_dtype: str) -
     return image.getvalue()
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
     """`data` at `path` whole or not at all: a temporary file, synced, then renamed over it."""
     temporary = path.with_name(path.name + ".tmp")
     try:
@@ -333,12 +355,8 @@ def write_part(
 
 
 def _write_failure(path: Path, size: int, samples: int, err: OSError) -> str:
-    try:
-        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"
-    except OSError:
-        free = "free space unknown"
     return (
-        f"could not write {path} ({size / 2**20:.1f} MiB, {samples} samples; {free}): "
+        f"could not write {path} ({size / 2**20:.1f} MiB, {samples} samples; {_free_space(path.parent)}): "
         f"{err.strerror or err}. Free space or fix the folder's permissions (or move extract.out_dir), "
         "then run `halp extract` again: finished parts are kept, and the samples of this part are "
         "extracted again."
