@@ -27,6 +27,13 @@ ARCHS = [*QWEN_ARCHS, "mllama", "phi4mm", "llava_next", "gemma3", "smolvlm", "fa
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Each test its own cache folder (digests, judge replies), as a fresh machine has, and never the
+    user's: a reply kept by one test must not answer another's request."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny")

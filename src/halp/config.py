@@ -250,6 +250,10 @@ class LLMJudgeSettings(_Section):
         "Does the model answer contradict the reference or assert something the image does not show? "
         "Reply with one word first: HALLUCINATED or CORRECT."
     )
+    retry_seconds: list[Annotated[float, Field(ge=0)]] = Field(
+        [1, 4, 15],
+        description="waits before each new try of a request that failed for a moment (503, timeout)",
+    )
 
 
 class LensJudgeSettings(LLMJudgeSettings):

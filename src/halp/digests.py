@@ -25,8 +25,13 @@ def file_digest(path: str | Path) -> str:
         return ""
 
 
+def cache_dir() -> Path:
+    """Where halp keeps what saves time and decides no result: $XDG_CACHE_HOME/halp (~/.cache/halp)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "halp"
+
+
 def cache_path() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "halp" / "file-sha256.json"
+    return cache_dir() / "file-sha256.json"
 
 
 class DigestCache:

@@ -138,6 +138,75 @@ def test_an_unreachable_llm_judge_names_the_setting_to_fix():
     with socket.socket() as closed:  # a port nobody listens on
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    judge = LLMJudge(f"http://127.0.0.1:{port}/v1", "m", "{question}")
+    judge = LLMJudge(f"http://127.0.0.1:{port}/v1", "m", "{question}", retry_seconds=(0.01,))
     with pytest.raises(ConnectionError, match=r"cannot be reached .*label.llm.url.*label.judge: rules"):
         judge("Is it red?", "Yes", "yes", "attribute")
+
+
+def answers(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sample_id": [f"q{i}" for i in range(n)],
+            "image_id": [f"img{i}" for i in range(n)],
+            "question": [f"Is shape {i} red?" for i in range(n)],
+            "answer": ["Yes"] * n,
+            "ground_truth": ["yes"] * n,
+            "category": ["attribute"] * n,
+        }
+    )
+
+
+def test_a_503_is_tried_again_and_a_reply_without_a_verdict_is_that_answer_s_error_asked_again_alone():
+    seen, meta = [], answers(6)
+
+    def flaky(body: dict):
+        if len(seen) == 2:
+            return 503, "overloaded"  # the third request, once
+        if "shape 4" in body["messages"][0]["content"] and len(seen) <= 7:
+            return "I cannot tell from here."
+        if "shape 5" in body["messages"][0]["content"] and len(seen) <= 7:
+            return 200, '{"error": {"message": "model overloaded"}}'  # a 200 that is no completion
+        return "CORRECT"
+
+    with chat_server(flaky, seen) as url:
+        judge = LLMJudge(url, "m", "{question}", retry_seconds=(0.01,))
+        with pytest.raises(ValueError, match=r"2 of 6 answers got a reply with no verdict") as err:
+            label_answers(meta, judge, "llm", None)
+        assert "q4: the LLM judge replied 'I cannot tell from here.'" in str(err.value)
+        assert 'q5: the LLM judge replied \'{"error"' in str(err.value) and "label.overrides" in str(
+            err.value
+        )
+        assert len(seen) == 7, "six answers and the 503 tried again"
+        labels = label_answers(meta, judge, "llm", None)  # the rerun asks about the two answers only
+        assert len(seen) == 9 and not labels.hallucinated.any() and (labels.judge == "llm").all()
+        overridden = label_answers(answers(7), judge, "llm", pd.Series({"q6": True}))
+        assert len(seen) == 9, "an overridden answer is not asked about"
+        assert (
+            overridden.hallucinated.tolist() == [False] * 6 + [True] and overridden.judge.iloc[6] == "manual"
+        )
+
+
+def test_an_endpoint_gone_after_request_4_stops_and_the_rerun_asks_only_the_rest():
+    seen, down = [], [False]
+
+    def reply(body: dict):
+        down[0] = down[0] or len(seen) == 5
+        return (503, "gone") if down[0] else "HALLUCINATED"
+
+    with chat_server(reply, seen) as url:
+        judge = LLMJudge(url, "m", "{question}", retry_seconds=(0.01, 0.01))
+        with pytest.raises(ConnectionError, match=r"cannot be reached \(HTTP 503: gone\)"):
+            label_answers(answers(6), judge, "llm", None)
+        assert len(seen) == 4 + 3, "four judged, the fifth tried three times"
+        down[0] = False  # back up: the four replies kept are not asked for again
+        labels = label_answers(answers(6), judge, "llm", None)
+        assert len(seen) == 7 + 2 and labels.hallucinated.all()
+
+
+def test_a_refused_request_is_not_tried_again():
+    seen = []
+    with chat_server(lambda body: (401, "bad key"), seen) as url:
+        judge = LLMJudge(url, "m", "{question}", retry_seconds=(0.01, 0.01))
+        with pytest.raises(ConnectionError, match=r"refused the request \(HTTP 401: bad key\)"):
+            judge("Is it red?", "Yes", "yes", "attribute")
+    assert len(seen) == 1

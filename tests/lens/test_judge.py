@@ -46,4 +46,6 @@ def test_a_reply_without_a_verdict_and_an_unreachable_judge_are_named():
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     with pytest.raises(ConnectionError, match=r"cannot be reached .*lens.llm.url.*lens.judge: none"):
-        LensJudge(f"http://127.0.0.1:{port}/v1", "m", "{words}")(Image.new("RGB", (8, 8)), ["a"])
+        LensJudge(f"http://127.0.0.1:{port}/v1", "m", "{words}", retry_seconds=(0.01,))(
+            Image.new("RGB", (8, 8)), ["a"]
+        )

@@ -95,9 +95,38 @@ def test_readings_metrics_and_page_for_every_image(workspace):
         set_params(workspace, {"lens.judge": "llm", "lens.llm": {"url": url, "tokens": 3}})
         halp("lens", "--model", MODEL, cwd=workspace)
     judged = json.loads((workspace / "metrics/lens" / f"{MODEL}.json").read_text())["judge"]
-    assert judged["tokens"] == 3 and len(judged["judgements"]) == len(seen) == 3 * 5 * 3
+    assert judged["tokens"] == 3 and len(judged["judgements"]) == 3 * 5 * 3
+    asked = len({json.dumps(body, sort_keys=True) for _, body in seen})
+    assert len(seen) == asked, (
+        "each distinct request asked once: a repeated one is answered by the kept reply"
+    )
     assert all(j["describes"] == ("red" in j["words"]) and j["reason"] for j in judged["judgements"])
-    assert set(judged["share"]) == {"latent", "embedding", "logit"}
+    assert set(judged["share"]) == {"latent", "embedding", "logit"} and judged["errors"] == 0
+
+    # An endpoint that fails once for a moment (503) and answers one request off format: the judgements
+    # of that request are its errors, the others count; the rerun asks that one again, alone.
+    flaky, off, first_run = [], [], [True]
+
+    def now_and_then(body: dict):
+        key = json.dumps(body, sort_keys=True)
+        if len(flaky) == 2:
+            return 503, "overloaded"
+        if len(flaky) == 5 and not off:
+            off.append(key)
+        return "Perhaps." if key in off and first_run[0] else says_yes_to_red(body)
+
+    with chat_server(now_and_then, flaky) as url:
+        set_params(workspace, {"lens.llm": {"url": url, "tokens": 3, "retry_seconds": [0.01]}})
+        halp("lens", "--model", MODEL, cwd=workspace)
+        judged = json.loads((workspace / "metrics/lens" / f"{MODEL}.json").read_text())["judge"]
+        failed = [j for j in judged["judgements"] if j["describes"] is None]
+        assert failed and judged["errors"] == len(failed) and len(judged["judgements"]) == 3 * 5 * 3
+        assert all(j["reason"].startswith("error: the lens judge replied 'Perhaps.'") for j in failed)
+        assert len(flaky) == asked + 1 + len(failed) - 1, "the 503 once more; an unread reply is not kept"
+        first_run[0] = False
+        halp("lens", "--model", MODEL, cwd=workspace)
+    judged = json.loads((workspace / "metrics/lens" / f"{MODEL}.json").read_text())["judge"]
+    assert len(flaky) == asked + len(failed) + 1 and judged["errors"] == 0
 
 
 def test_the_lens_refuses_a_half_built_or_foreign_bank_and_a_completed_bank_makes_it_stale(workspace):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Protocol
 
-from halp.llm import Endpoint, first_word
+from halp.llm import Endpoint, OffFormat, first_word
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _NON_WORD = re.compile(r"[^\w\s]")
@@ -93,7 +93,12 @@ class LLMJudge(Endpoint):
 
     def __call__(self, question: str, answer: str, ground_truth: str, category: str) -> Verdict:
         content = self.prompt.format(question=question, answer=answer, ground_truth=ground_truth)
-        reply = self.ask(content, "start it, fix label.llm.url in params.yaml, or use label.judge: rules")
+        return self.ask(
+            content, "start it, fix label.llm.url in params.yaml, or use label.judge: rules", self._verdict
+        )
+
+    @staticmethod
+    def _verdict(reply: str) -> Verdict:
         if (word := first_word(reply)) not in ("HALLUCINATED", "CORRECT"):
-            raise ValueError(f"LLM judge replied {reply[:80]!r}; expected HALLUCINATED or CORRECT first")
+            raise OffFormat(f"the LLM judge replied {reply[:80]!r}; expected HALLUCINATED or CORRECT first")
         return Verdict(word == "HALLUCINATED", f"llm: {reply[:200]}")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from halp.config import LabelSettings, Params
 from halp.data.optional import holds_rows
-from halp.data.schema import read_lined_csv
+from halp.data.schema import MAX_LISTED, read_lined_csv
 from halp.jsonfile import write_json
-from halp.label.judges import Judge, LLMJudge, RatioJudge, RulesJudge
+from halp.label.judges import Judge, LLMJudge, RatioJudge, RulesJudge, Verdict
+from halp.llm import OffFormat
 from halp.store import open_finished
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,7 @@ def make_judge(settings: LabelSettings) -> Judge:
     if settings.judge == "ratio":
         return RatioJudge(settings.ratio_threshold)
     if settings.judge == "llm":
-        llm = settings.llm
-        return LLMJudge(llm.url, llm.model, llm.prompt, os.environ.get(llm.api_key_env, ""))
+        return LLMJudge.configured(settings.llm)
     return RulesJudge()
 
 
@@ -63,25 +64,40 @@ def read_overrides(path: Path | None) -> pd.Series | None:
 def label_answers(
     meta: pd.DataFrame, judge: Judge, judge_name: str, overrides: pd.Series | None
 ) -> pd.DataFrame:
-    verdicts = [judge(r.question, r.answer, r.ground_truth, r.category) for r in meta.itertuples()]
-    labels = pd.DataFrame(
+    """One verdict per answer; an overridden answer is not judged. A reply of the LLM judge that holds no
+    verdict is that answer's error: every other answer is judged (and its reply kept) before the errors
+    stop the stage, so that a rerun asks about those answers only."""
+    overrides = pd.Series(dtype=bool) if overrides is None else overrides
+    if unknown := sorted(set(overrides.index) - set(meta.sample_id)):
+        log.warning("%d overrides name samples not extracted here, e.g. %s", len(unknown), unknown[:3])
+    verdicts, errors = [], {}
+    for r in tqdm(meta.itertuples(), total=len(meta), desc=f"label ({judge_name})", unit="answer"):
+        if r.sample_id in overrides.index:
+            verdicts.append(Verdict(bool(overrides[r.sample_id]), "manual override"))
+            continue
+        try:
+            verdicts.append(judge(r.question, r.answer, r.ground_truth, r.category))
+        except OffFormat as err:
+            errors[r.sample_id] = str(err)
+            log.warning("%s: %s", r.sample_id, err)
+    if errors:
+        listed = "\n".join(f"  - {sample}: {error}" for sample, error in list(errors.items())[:MAX_LISTED])
+        raise ValueError(
+            f"{len(errors)} of {len(meta)} answers got a reply with no verdict in it:\n{listed}\nThe replies "
+            "read are kept, so running again asks about these answers only. Fix the judge (its model or "
+            "label.llm.prompt), or give these answers a label in label.overrides"
+        )
+    overridden = meta.sample_id.isin(overrides.index).to_numpy()
+    return pd.DataFrame(
         {
             "sample_id": meta.sample_id,
             "image_id": meta.image_id,
             "category": meta.category,
             "hallucinated": [v.hallucinated for v in verdicts],
-            "judge": judge_name,
+            "judge": np.where(overridden, "manual", judge_name),
             "reason": [v.reason for v in verdicts],
         }
     )
-    if overrides is not None:
-        unknown = sorted(set(overrides.index) - set(labels.sample_id))
-        if unknown:
-            log.warning("%d overrides name samples not extracted here, e.g. %s", len(unknown), unknown[:3])
-        hit = labels.sample_id.isin(overrides.index)
-        labels.loc[hit, "hallucinated"] = overrides[labels.sample_id[hit]].to_numpy()
-        labels.loc[hit, ["judge", "reason"]] = ["manual", "manual override"]
-    return labels
 
 
 def rates(labels: pd.DataFrame) -> dict:

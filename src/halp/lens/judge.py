@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 
 import numpy as np
 import pandas as pd
@@ -13,9 +14,10 @@ from PIL.Image import Image
 
 from halp.data.images import load_image
 from halp.lens.lenses import METHODS
-from halp.llm import Endpoint, first_word
+from halp.llm import Endpoint, OffFormat, first_word
 from halp.store.reader import LensReadings
 
+log = logging.getLogger(__name__)
 FIX = "start it, fix lens.llm.url in params.yaml, or set lens.judge: none"
 
 
@@ -31,9 +33,12 @@ class LensJudge(Endpoint):
             {"type": "text", "text": self.prompt.format(words=", ".join(words))},
             {"type": "image_url", "image_url": {"url": image_url}},
         ]
-        reply = self.ask(content, FIX)
+        return self.ask(content, FIX, self._verdict)
+
+    @staticmethod
+    def _verdict(reply: str) -> tuple[bool, str]:
         if (word := first_word(reply)) not in ("YES", "NO"):
-            raise ValueError(f"the lens judge replied {reply[:80]!r}; expected YES or NO first")
+            raise OffFormat(f"the lens judge replied {reply[:80]!r}; expected YES or NO first")
         return word == "YES", reply[:200]
 
 
@@ -76,13 +81,19 @@ def judge_readings(
         for j, layer in enumerate(readings.layer_names):
             for lens in METHODS:
                 top = [str(w) for w in found[lens][offsets[i] + t, j]]
-                describes, reason = judge(cropped, top)
+                try:
+                    describes, reason = judge(cropped, top)
+                except OffFormat as err:  # that judgement's error; the share is over the others
+                    log.warning("%s token %d, %s at layer %s: %s", image.image_id, t, lens, layer, err)
+                    describes, reason = None, f"error: {err}"
                 judgements.append(
                     {"image_id": image.image_id, "token": t, "layer": layer, "lens": lens, "words": top}
                     | {"describes": describes, "reason": reason}
                 )
-    if not judgements:
-        return {"tokens": 0, "share": {}, "judgements": []}
-    share = pd.DataFrame(judgements).groupby(["lens", "layer"]).describes.mean()
-    by_lens = {lens: {layer: float(share[lens, layer]) for layer in readings.layer_names} for lens in METHODS}
-    return {"tokens": len(chosen), "share": by_lens, "judgements": judgements}
+    judged = pd.DataFrame(judgements).dropna(subset=["describes"]) if judgements else pd.DataFrame()
+    errors = len(judgements) - len(judged)
+    if judged.empty:
+        return {"tokens": len(chosen), "errors": errors, "share": {}, "judgements": judgements}
+    share = judged.groupby(["lens", "layer"]).describes.mean()
+    by_lens = {lens: {layer: share.get((lens, layer)) for layer in readings.layer_names} for lens in METHODS}
+    return {"tokens": len(chosen), "errors": errors, "share": by_lens, "judgements": judgements}

@@ -3,7 +3,6 @@ from one prefill pass per batch of images (the vision-tokens run, searching inst
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -136,14 +135,12 @@ def lens(params: Params, model_name: str, wait: bool = False, remove_damaged: bo
         answers = (samples, read_verdicts(labels, "sample_id", "hallucinated")) if labels.is_file() else None
         judged = None
         if settings.judge == "llm":
-            llm = settings.llm
-            judge = LensJudge(llm.url, llm.model, llm.prompt, os.environ.get(llm.api_key_env, ""))
             judged = partial(
                 judge_readings,
                 readings,
                 image_paths=paths,
-                judge=judge,
-                n_tokens=llm.tokens,
+                judge=LensJudge.configured(settings.llm),
+                n_tokens=settings.llm.tokens,
                 seed=settings.seed,
             )
         write_lens_outputs(
