@@ -16,6 +16,7 @@ weights run after run (tested here; another CPU may round floats differently).
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import math
 import random
@@ -35,7 +36,6 @@ from transformers import BatchFeature, PreTrainedModel
 
 from halp.config import OrganismSettings, TrainingRecipe
 from halp.data import demo
-from halp.jsonfile import write_json
 from halp.models.adapter import Adapter
 from halp.models.registry import adapter_for
 from halp.models.synthetic import instantiate
@@ -304,6 +304,6 @@ def train_organism(name: str, settings: OrganismSettings) -> Path:
         "seconds": round(time.perf_counter() - started, 1),
     }
     settings.metrics_dir.mkdir(parents=True, exist_ok=True)
-    write_json(settings.metrics_dir / f"{name}.json", record, indent=1)
+    (settings.metrics_dir / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
     log.info("%s trained in %.0f s -> %s", name, record["seconds"], folder)
     return folder
