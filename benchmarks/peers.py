@@ -197,7 +197,7 @@ class Peak:
         return int(line.split()[1]) / 2**10
 
 
-METHODS = {"halp": halp_engine, "nnsight": nnsight_trace, "hooks": hooks_script}
+PEERS = {"nnsight": nnsight_trace, "hooks": hooks_script}
 ONE_AT_A_TIME = {"hooks"}  # what a researcher's afternoon script does; the others take the batch
 
 
@@ -205,25 +205,25 @@ def compare(loaded: LoadedModel, extractor: Extractor, images, questions, batch:
     """Equality first, then `rounds` interleaved rounds: {method: {rate, ratio, its range, memory rise}} and
     the peers that disagree or cannot run, with why. A peer is held to halp run at its own batch size (the
     same numerics, so any difference is a wrong position, layer or pooling, not rounding)."""
-    calls: dict[str, Callable[[], Outputs]] = {}
+    halp_at = {size: halp_engine(loaded, extractor, images, questions, size) for size in {1, batch}}
+    calls: dict[str, Callable[[], Outputs]] = {
+        "halp": partial(halp_engine, loaded, extractor, images, questions, batch)
+    }
     skipped: dict[str, str] = {}
-    for name, method in METHODS.items():
+    for name, method in PEERS.items():
         if name == "nnsight" and importlib.util.find_spec("nnsight") is None:
             skipped[name] = "not installed (see this script's docstring)"
             continue
         size = 1 if name in ONE_AT_A_TIME else batch
-        extra = {"wrapped": nnsight_model(loaded)} if name == "nnsight" else {}
-        calls[name] = partial(method, loaded, extractor, images, questions, size, **extra)
-    halp_at = {size: halp_engine(loaded, extractor, images, questions, size) for size in {1, batch}}
-    for name in [n for n in calls if n != "halp"]:
-        try:
-            reference = halp_at[1 if name in ONE_AT_A_TIME else batch]
-            if problem := disagreement(reference, calls[name]()):
+        try:  # a peer that cannot wrap or run this model is reported, not fatal
+            extra = {"wrapped": nnsight_model(loaded)} if name == "nnsight" else {}
+            call = partial(method, loaded, extractor, images, questions, size, **extra)
+            if problem := disagreement(halp_at[size], call()):
                 skipped[name] = f"disagrees with halp: {problem}"
-        except Exception as err:  # a peer that cannot express this model is reported, not fatal
+            else:
+                calls[name] = call
+        except Exception as err:
             skipped[name] = f"fails: {type(err).__name__}: {str(err)[:200]}"
-        if name in skipped:
-            del calls[name]
     peak, seconds, rises = Peak(loaded.device), {name: [] for name in calls}, dict.fromkeys(calls, 0.0)
     order = list(calls)
     for round_ in range(rounds):
