@@ -275,7 +275,9 @@ def test_a_replaced_image_or_retrained_local_model_reruns_extract(tmp_path):
     set_params(
         root,
         {
-            "models": {"mine": mine},
+            "models": {"mine": mine},  # and no organism to guard or lens (each name must be a model)
+            "guard.models": [],
+            "lens.models": [],
             "data.csv": "external/demo/questions.csv",
             "data.images_dir": "external/demo/images",
         },

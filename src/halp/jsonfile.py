@@ -26,3 +26,9 @@ def json_text(value: Any, indent: int = 2) -> str:
 
 def write_json(path: Path, value: Any, indent: int = 2) -> None:
     path.write_text(json_text(value, indent))
+
+
+def number(value: float | None) -> float:
+    """A number read back from such a file: null (not finite when written, e.g. an AUROC on one class) is
+    NaN again."""
+    return math.nan if value is None else float(value)

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from halp.config import Params
+from halp.jsonfile import json_text
 from halp.label.run import label_model
 from halp.probe import metrics
 from halp.probe.classifiers import StandardisedLinear
@@ -445,6 +446,12 @@ def test_every_headline_table_and_breakdown_chooses_on_validation_never_on_test(
     assert "0.710 [0.70, 0.72] (query_token L1, logistic)" in verdict("m", report, rows)
     table = "\n".join(breakdown("m", report, rows))
     assert "| query_token L1 (logistic) | 0.610 |" in table and "| first_token_entropy | 0.500 |" in table
+
+    # A group holding one class has no AUROC: written to the JSON as null, it reads as n/a
+    report["baselines"]["first_token_entropy"]["auroc_in_faint"] = float("nan")
+    report = json.loads(json_text(report))
+    assert report["baselines"]["first_token_entropy"]["auroc_in_faint"] is None
+    assert "| first_token_entropy | n/a |" in "\n".join(breakdown("m", report, rows))
 
 
 def test_transfer_trains_on_one_group_and_tests_on_the_others(tmp_path):

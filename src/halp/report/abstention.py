@@ -3,10 +3,12 @@ as a table, a verdict (does the guard beat entropy-based abstention?) and a curv
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
+from halp.jsonfile import number
 from halp.probe.risk_coverage import AT
 from halp.report import figures
 
@@ -29,7 +31,8 @@ def section(model: str, evaluated: dict, figure: Path, plot_data: Path) -> list[
 
 
 def _span(r: dict, key: str) -> str:
-    return f"{r[key]:.3f} [{r[f'{key}_ci_low']:.3f}, {r[f'{key}_ci_high']:.3f}]"
+    value, low, high = (number(r[name]) for name in (key, f"{key}_ci_low", f"{key}_ci_high"))
+    return "n/a" if math.isnan(value) else f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _verdict(results: dict[str, dict]) -> str:

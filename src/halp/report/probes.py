@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
 
+from halp.jsonfile import number
 from halp.probe.headline import METADATA, best_output_baseline, best_probe
 from halp.report import abstention, depth, figures, transfer
 
@@ -32,7 +34,12 @@ def _cell(rows: pd.DataFrame, representation: str) -> str:
 
 
 def _interval(metrics: dict) -> str:
-    return f"{metrics['auroc_mean']:.3f} [{metrics['auroc_ci_low']:.2f}, {metrics['auroc_ci_high']:.2f}]"
+    mean, low, high = (number(metrics[f"auroc_{key}"]) for key in ("mean", "ci_low", "ci_high"))
+    return "n/a" if math.isnan(mean) else f"{mean:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def _auroc(value: float | None) -> str:
+    return "n/a" if math.isnan(number(value)) else f"{value:.3f}"
 
 
 def table_row(model: str, report: dict, rows: pd.DataFrame) -> str:
@@ -86,11 +93,11 @@ def breakdown(model: str, report: dict, rows: pd.DataFrame) -> list[str]:
         lines.append(f"| hallucinated: {category} | {cells} |")
     for rep in ("vision_only", *LAYERED):
         if (best := best_probe(rows, rep)) is not None:
-            cells = " | ".join(f"{best[f'auroc_in_{g}']:.3f}" for g in groups)
+            cells = " | ".join(_auroc(best[f"auroc_in_{g}"]) for g in groups)
             lines.append(f"| {_where(best)} ({best.probe}) | {cells} |")
     name, output = best_output_baseline(report)
     for label, metrics in ((name, output), (METADATA, report["baselines"][METADATA])):
-        lines.append(f"| {label} | " + " | ".join(f"{metrics[f'auroc_in_{g}']:.3f}" for g in groups) + " |")
+        lines.append(f"| {label} | " + " | ".join(_auroc(metrics[f"auroc_in_{g}"]) for g in groups) + " |")
     return [*lines, ""]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from halp.jsonfile import number
 from halp.report import figures
 
 SHORT = {"vision_only": "VF", "vision_token": "VT", "query_token": "QT"}
@@ -35,7 +36,7 @@ def left_out_table(transfer: dict) -> pd.DataFrame:
                 }
                 for protocol, metrics in tested.items():
                     for key in ("auroc_mean", "auroc_ci_low", "auroc_ci_high"):
-                        row[f"{protocol}_{key.removeprefix('auroc_')}"] = metrics.get(key, np.nan)
+                        row[f"{protocol}_{key.removeprefix('auroc_')}"] = number(metrics.get(key))
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -99,7 +100,7 @@ def _heatmaps(model: str, grouping: str, found: dict, out: Path) -> None:
     axes = [axes] if len(cells) == 1 else axes
     for ax, (rep, cell) in zip(axes, cells.items(), strict=True):
         matrix = np.array(
-            [[cell["trained_on"][g][h].get("auroc_mean", np.nan) for h in groups] for g in groups]
+            [[number(cell["trained_on"][g][h].get("auroc_mean")) for h in groups] for g in groups]
         )
         ax.imshow(matrix, vmin=0.3, vmax=1.0, cmap="viridis")
         for (i, j), value in np.ndenumerate(matrix):
