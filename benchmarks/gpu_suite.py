@@ -16,6 +16,8 @@ Parts, in order (random weights of the real architectures, built on the device i
   check      bf16 correctness: 4 samples' VF/VT/QT from one engine batch against a plain forward with
              output_hidden_states=True per sample (relative error per representation)
   mllama, phi4mm   the same engine-vs-seed measurement at qwen2_5_vl's best batch
+  peers      qwen2_5_vl: halp against nnsight (when its wheels came along) and a forward-hooks script,
+             benchmarks/peers.py's comparison on PEER_SAMPLES samples of PEER_NEW_TOKENS new tokens
   lens       benchmarks/lens_search.py on the device
 """
 
@@ -48,13 +50,15 @@ LAYERS = [0, 0.25, 0.5, 0.75, 1.0]
 # bfloat16 rounds each op to 2^-9 relative; the engine's batch (left padding, other kernel shapes) and the
 # plain per-sample forward round differently through ~28 blocks, so norms may differ by a few percent.
 BF16_TOLERANCE = 0.05
-PARTS: dict[str, float] = {  # part -> default cap in seconds; together about 8 minutes
-    "batches": 170,
+PEER_SAMPLES, PEER_NEW_TOKENS = 8, 16  # the hooks script goes one sample at a time: kept short
+PARTS: dict[str, float] = {  # part -> default cap in seconds; together about 9 minutes
+    "batches": 150,
     "attention": 50,
     "profile": 50,
     "check": 40,
     "mllama": 60,
     "phi4mm": 60,
+    "peers": 60,
     "lens": 40,
 }
 
@@ -248,6 +252,16 @@ def part_other(suite: Suite) -> None:
     suite.engine_rate(suite.args.best_batch, suite.seed_rate(), "engine")
 
 
+def part_peers(suite: Suite) -> None:
+    """halp, nnsight and a hooks script on the same samples, each peer first held to halp's results."""
+    from peers import compare  # benchmarks/peers.py, beside this script
+
+    extractor = Extractor(suite.loaded, suite.extractor.layers, PEER_NEW_TOKENS, top_k=5)
+    images, questions = suite.samples(PEER_SAMPLES)
+    compared = compare(suite.loaded, extractor, images, questions, len(images), max(suite.args.rounds, 1))
+    suite.record("peers", samples=len(images), batch=len(images), new_tokens=PEER_NEW_TOKENS, **compared)
+
+
 def part_lens(args: argparse.Namespace) -> None:
     size = (
         []
@@ -275,6 +289,7 @@ WORKERS: dict[str, tuple[str, Callable[[Suite], None]]] = {
     "check": ("qwen2_5_vl", part_check),
     "mllama": ("mllama", part_other),
     "phi4mm": ("phi4mm", part_other),
+    "peers": ("qwen2_5_vl", part_peers),
 }
 
 

@@ -13,6 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRIED="transformers pydantic pydantic-core annotated-types typing-inspection"
+# benchmarks/peers.py's nnsight and what it imports, beside the lock (never in it): the peers part
+PEERS="nnsight==0.8.1 greenlet==3.5.6 websocket-client==1.9.2 zstandard==0.25.0 httpx==0.29.0 httpcore==1.0.9
+h11==0.16.0 anyio==4.16.0 sniffio==1.3.1 certifi==2026.10.19.post1 idna==3.20"
 
 locked() {  # the version requirements.lock pins for a package
     grep -i "^$1==" requirements.lock | sed 's/.*==\([^ ]*\).*/\1/'
@@ -21,10 +24,10 @@ locked() {  # the version requirements.lock pins for a package
 case "${1:-}" in
 wheels)
     rm -rf .whl && mkdir .whl
-    for name in $CARRIED; do
+    for spec in $(for name in $CARRIED; do echo "$name==$(locked "$name")"; done) $PEERS; do
         python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
             --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-            --platform manylinux2014_x86_64 -d .whl "$name==$(locked "$name")"
+            --platform manylinux2014_x86_64 -d .whl "$spec"
     done
     du -sh .whl && ls .whl
     ;;

@@ -9,7 +9,7 @@ import sys
 
 from tests.conftest import REPO
 
-PARTS = ["batches", "attention", "profile", "check", "mllama", "phi4mm", "lens"]
+PARTS = ["batches", "attention", "profile", "check", "mllama", "phi4mm", "peers", "lens"]
 
 
 def test_every_part_runs_and_records_its_results(tmp_path):
@@ -47,6 +47,11 @@ def test_every_part_runs_and_records_its_results(tmp_path):
         "vision_token",
         "query_token",
     }
+    (peers,) = records("peers")  # nnsight is not installed here: halp and the hooks script, held equal
+    assert set(peers["results"]) == {"halp", "hooks"} and peers["skipped"]["nnsight"].startswith(
+        "not installed"
+    )
+    assert all(r["samples_per_s"] > 0 for r in peers["results"].values())
     (lens,) = records("lens")
     assert "top-5 as float32's: 100%" in lens["output"]
 
