@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from halp.bench import timed
 from halp.config import load_params
 from halp.data.images import load_image
 from halp.environment import cpu_name
@@ -241,16 +241,6 @@ def compare(loaded: LoadedModel, extractor: Extractor, images, questions, batch:
             "memory_rise_mib": rises[name],
         }
     return {"results": results, "skipped": skipped}
-
-
-def timed(device: torch.device, fn: Callable) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def report(title: str, compared: dict) -> None:
