@@ -22,6 +22,7 @@ from halp.probe.splits import grouped_splits
 from halp.store import open_embeddings
 from halp.store.lock import writing
 from tests.conftest import REPO, file_limit, halp, make_workspace, set_params
+from tests.test_jsonfile import strict
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,8 @@ def stored(folder: Path, n: int):
 
 
 def test_the_card_says_what_the_guard_is_and_how_far_to_trust_it(fitted):
-    card = json.loads((fitted / "models/guards/demo_vlm/guard.json").read_text())
-    report = json.loads((fitted / "metrics/probes/demo_vlm.json").read_text())
+    card = strict((fitted / "models/guards/demo_vlm/guard.json").read_text())  # no bare NaN
+    report = strict((fitted / "metrics/probes/demo_vlm.json").read_text())
     cells = [
         (rep, layer, probe, metrics["val_auroc_mean"])
         for rep, layers in report["probes"].items()
