@@ -77,9 +77,9 @@ def read_dataset(
     drop_invalid: bool,
     required: tuple[str, ...] = REQUIRED,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read and validate a HALP-schema CSV: (valid rows, rejected rows), under our column names. `required`
-    may ask for less than HALP's schema (a question to assess needs no ground truth): absent columns are
-    then empty.
+    """Read and validate a HALP-schema CSV: (valid rows, rejected rows), under our column names, each indexed
+    by the row's line in the file (for messages). `required` may ask for less than HALP's schema (a question
+    to assess needs no ground truth): absent columns are then empty.
 
     Structural faults (missing columns, duplicate ids) always stop. Row faults (missing image, empty
     question) stop too unless `drop_invalid`, in which case those rows are returned as rejected,
@@ -139,4 +139,4 @@ def read_dataset(
             f"{csv} has invalid rows (set data.drop_invalid: true to leave them out instead):\n"
             + "\n".join(problems)
         )
-    return table[~invalid].reset_index(drop=True), table[invalid].assign(invalid_reason=reasons[invalid])
+    return table[~invalid], table[invalid].assign(invalid_reason=reasons[invalid])

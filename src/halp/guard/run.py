@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from halp.config import ConfigError, Params
 from halp.data.images import load_image
-from halp.data.schema import read_dataset, read_lined_csv
+from halp.data.schema import read_dataset
 from halp.guard.guard import SEAL, Guard
 from halp.store.parts import write_atomically, writing_output
 
@@ -67,8 +67,8 @@ def read_questions(params: Params, source: Path, out: Path, batch_size: int) -> 
     valid, rejected = read_dataset(
         source, params.data.images_dir, params.data.columns, drop_invalid=True, required=QUESTION_COLUMNS
     )
-    ids = read_lined_csv(source)[params.data.columns.get("question_id", "question_id")]
-    return Questions(valid, rejected, dict(zip(ids, ids.index, strict=True)))
+    lines = pd.concat([valid.question_id, rejected.question_id])
+    return Questions(valid, rejected, dict(zip(lines, lines.index, strict=True)))
 
 
 def _first_line(path: Path) -> str:
