@@ -17,9 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from halp.config import Params, load_params
-from halp.environment import cpu_name
-from halp.probe.run import probe_model
+from halp.numerics import use_portable_numerics
+
+use_portable_numerics()  # the kernels `halp probe` runs with (its numbers and its speed), before torch loads
+
+from halp.config import Params, load_params  # noqa: E402
+from halp.environment import cpu_name  # noqa: E402
+from halp.probe.run import probe_model  # noqa: E402
 
 
 def redirected(params: Params, folder: Path, transfer: bool) -> Params:

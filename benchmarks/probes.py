@@ -75,7 +75,7 @@ def main() -> None:
     features = list(features())
     settings = ProbeSettings(seeds=args.seeds, mlp_rank=args.rank or None)
     start = time.perf_counter()
-    rows, _, _ = probe_grid(features, {}, y, groups, settings)
+    rows = probe_grid(features, {}, y, groups, settings).rows
     ours = time.perf_counter() - start
     start = time.perf_counter()
     for _, _, x in features[: args.halp_reps]:

@@ -345,7 +345,7 @@ def test_a_baseline_that_ranks_backwards_is_flipped_on_validation(planted):
     y = balanced_labels()
     groups = np.arange(N) // PER_IMAGE
     backwards = -y + np.random.default_rng(0).normal(0, 0.3, N)
-    _, scored, _ = probe_grid([], {"backwards": backwards}, y, groups, params.probe)
+    scored = probe_grid([], {"backwards": backwards}, y, groups, params.probe).baselines
     assert scored["backwards"]["flipped_seeds"] == params.probe.seeds
     assert scored["backwards"]["auroc_mean"] > 0.9
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,8 +21,9 @@ from halp.probe import risk_coverage
 from halp.probe.classifiers import fit_probes
 from halp.probe.headline import best_probe, cell_layer, headline
 from halp.probe.metrics import aggregate, auroc, bootstrap_auroc, evaluate
+from halp.probe.risk_coverage import score_column
 from halp.probe.splits import N_FOLDS, DegenerateLabels, Split, check_labels, grouped_splits
-from halp.probe.transfer import transfer
+from halp.probe.transfer import Cell, transfer
 from halp.store import Embeddings, open_finished
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,19 @@ def load_labelled(
     return emb, y, emb.meta.image_id.to_numpy()
 
 
+class Grid(NamedTuple):
+    """What `probe_grid` measured: a row per (representation, layer, probe), the baselines' metrics,
+    each sample's out-of-fold test score (`out_of_fold`), and the splits with each probe's (validation,
+    test) scores on every one, keyed by that score's column: the transfer runs reuse both instead of
+    drawing the splits and fitting on all groups again."""
+
+    rows: list[dict]
+    baselines: dict
+    test_scores: pd.DataFrame
+    splits: list[Split]
+    split_scores: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+
+
 def probe_grid(
     features: Iterable[tuple[str, int | None, np.ndarray]],
     baselines: dict[str, np.ndarray | Callable[[np.ndarray], np.ndarray]],
@@ -98,13 +113,13 @@ def probe_grid(
     settings: ProbeSettings,
     control: str | None = None,
     breakdown: np.ndarray | None = None,
-) -> tuple[list[dict], dict, pd.DataFrame]:
+) -> Grid:
     """Every probe on every representation over the same seeded grouped splits, one representation per
     worker process; then the baselines on the same test splits (a callable baseline is given each
     split's training rows). `breakdown` labels each sample with a group to report AUROC within.
 
-    Also returns every sample's out-of-fold test score of each probe and baseline (`out_of_fold`), with
-    its fold and label: what selective answering (risk-coverage) is evaluated on."""
+    The test scores come with each sample's fold and label: what selective answering (risk-coverage)
+    is evaluated on."""
     splits = grouped_splits(y, groups, settings.seeds)
     fit_labels = []  # per seed: what probes fit on (training and validation rows permuted for the control)
     for seed, (train, val, _) in enumerate(splits):
@@ -122,11 +137,13 @@ def probe_grid(
     fold = np.full(len(y), -1)
     for k, (_, _, test) in enumerate(splits[:N_FOLDS]):
         fold[test] = k
-    test_scores = {"fold": fold, "hallucinated": y}
+    test_scores, split_scores = {"fold": fold, "hallucinated": y}, {}
     for result in Parallel(n_jobs=settings.workers or -1, mmap_mode="c", return_as="generator")(jobs):
         for row in result:
             log.info("%(representation)s layer %(layer)s %(probe)s: AUROC %(auroc_mean).3f", row)
-            test_scores[risk_coverage.score_column(row)] = row.pop("test_scores")
+            name = score_column(row)
+            split_scores[name] = row.pop("split_scores")
+            test_scores[name] = out_of_fold(splits, split_scores[name], len(y))
         rows += result
     scored = {}
     for name, score in baselines.items():
@@ -138,7 +155,7 @@ def probe_grid(
         scored[name] = _over_splits(y, splits, settings.bootstrap, scores, breakdown)
         scored[name]["flipped_seeds"] = sum(flipped for _, _, flipped in pairs)
         test_scores[name] = out_of_fold(splits, scores, len(y))
-    return rows, scored, pd.DataFrame(test_scores)
+    return Grid(rows, scored, pd.DataFrame(test_scores), splits, split_scores)
 
 
 def out_of_fold(splits: list[Split], scores: list[tuple], n: int) -> np.ndarray:
@@ -176,11 +193,7 @@ def probe_representation(
     for probe in settings.probes:
         scores = [scores[probe] for scores in fitted]
         metrics = _over_splits(y, splits, settings.bootstrap, scores, groups)
-        rows.append(
-            {"representation": rep, "layer": layer, "probe": probe}
-            | metrics
-            | {"test_scores": out_of_fold(splits, scores, len(y))}
-        )
+        rows.append({"representation": rep, "layer": layer, "probe": probe, "split_scores": scores} | metrics)
     return rows
 
 
@@ -224,21 +237,22 @@ def group_rates(breakdown: np.ndarray, category: np.ndarray, y: np.ndarray) -> d
 
 
 def transfer_report(
-    emb: Embeddings,
-    y: np.ndarray,
-    images: np.ndarray,
-    table: pd.DataFrame,
-    settings: ProbeSettings,
-    breakdown: pd.Series | None,
+    emb: Embeddings, y: np.ndarray, grid: Grid, settings: ProbeSettings, breakdown: pd.Series | None
 ) -> dict:
     """Each representation's cell chosen on validation, trained on one group and tested on the others,
-    for the groups of the samples' dataset, category and the breakdown's column."""
+    for the groups of the samples' dataset, category and the breakdown's column; the probe trained on
+    every group is the grid's own fit."""
     labels = {"dataset": emb.meta.source.to_numpy(), "category": emb.meta.category.to_numpy()}
     if breakdown is not None:
         labels[str(breakdown.name)] = breakdown.to_numpy()
+    table = pd.DataFrame(grid.rows)
     chosen = [best_probe(table, rep) for rep in ("vision_only", "vision_token", "query_token")]
-    cells = [(row, emb.get(row.representation, cell_layer(row))) for row in chosen if row is not None]
-    return transfer(cells, y, grouped_splits(y, images, settings.seeds), labels, settings)
+    cells = [
+        Cell(row, emb.get(row.representation, cell_layer(row)), grid.split_scores[score_column(row)])
+        for row in chosen
+        if row is not None
+    ]
+    return transfer(cells, y, grid.splits, labels, settings)
 
 
 def probe_model(
@@ -263,16 +277,14 @@ def probe_model(
         baselines = output_baselines(emb) | {"metadata": partial(metadata_scores, keys, y)}
         breakdown = read_breakdown(settings.breakdown, emb.meta.sample_id)
         by_group = None if breakdown is None else breakdown.to_numpy()
-        rows, baselines, scores = probe_grid(
-            representations(emb), baselines, y, groups, settings, control, by_group
-        )
-        test_scores = pd.concat([emb.meta.sample_id.reset_index(drop=True), scores], axis=1)
-        table = pd.DataFrame(rows)
-        report |= {"status": "ok", "probes": _nest(rows), "baselines": baselines}
+        grid = probe_grid(representations(emb), baselines, y, groups, settings, control, by_group)
+        test_scores = pd.concat([emb.meta.sample_id.reset_index(drop=True), grid.test_scores], axis=1)
+        table = pd.DataFrame(grid.rows)
+        report |= {"status": "ok", "probes": _nest(grid.rows), "baselines": grid.baselines}
         if not control:  # selective answering on the out-of-fold test scores: the report's abstention
             report["risk_coverage"] = risk_coverage.evaluate(table, test_scores, settings.bootstrap)
         if not control and settings.transfer:
-            report["transfer"] = transfer_report(emb, y, groups, table, settings, breakdown)
+            report["transfer"] = transfer_report(emb, y, grid, settings, breakdown)
         if breakdown is not None:
             report["groups"] = group_rates(by_group, emb.meta.category.to_numpy(), y)
     except DegenerateLabels as err:

@@ -5,10 +5,12 @@ Lens: 0.914 AUROC in-task, 0.853 across tasks), while HALP reports in-distributi
 each representation's cell chosen on validation, over the grid's own grouped splits (no image on both
 sides): a probe trained on one group's training rows is tested on every group's test rows (its own group,
 the diagonal, is the ceiling), and one trained on every other group is tested on the group left out,
-beside the probe trained on all groups (HALP's protocol) tested on the same rows.
+beside the probe trained on all groups (HALP's protocol: the grid's own fit) tested on the same rows.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,6 +24,15 @@ from halp.probe.metrics import auroc, bootstrap_auroc
 from halp.probe.splits import N_FOLDS, Split
 
 MIN_PER_CLASS = N_FOLDS  # a group smaller than this in either class has no AUROC worth a cell
+
+
+class Cell(NamedTuple):
+    """A representation's chosen cell: its grid row, its features, and the grid's (validation, test)
+    scores of that probe on each split (trained on every group)."""
+
+    row: pd.Series
+    x: np.ndarray
+    split_scores: list[tuple[np.ndarray, np.ndarray]]
 
 
 def eligible_groups(labels: np.ndarray, y: np.ndarray) -> tuple[list[str], dict[str, str]]:
@@ -66,24 +77,32 @@ def tested_on_seed(
     groupings: dict[str, tuple[np.ndarray, list[str]]],
     probe: str,
     rank: int | None,
+    trained_on_all: np.ndarray,
 ) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
     """One cell's fits on one split, on one thread (a worker runs one (cell, seed) at a time): each
     (grouping, kind, trained group[, tested group]) to the tested rows' labels and scores. `groupings`
-    maps a name to (each sample's group, the groups eligible to train and test)."""
+    maps a name to (each sample's group, the groups eligible to train and test); `trained_on_all` is
+    the grid's test scores of the probe trained on every group, on this split.
+
+    Fits on the same rows are fitted once: with two groups, training without one is training on the
+    other."""
     train, val, test = split
-    fits = {("all",): (train, val)}
+    fits = {}
     for name, (labels, groups) in groupings.items():
         for g in groups:
             fits[name, "trained_on", g] = (train[labels[train] == g], val[labels[val] == g])
             fits[name, "left_out", g] = (train[labels[train] != g], val[labels[val] != g])
+    scores, by_rows = {("all",): trained_on_all}, {}
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        scores = {
-            key: fit_probes(x, y, (fit_train, fit_val, test), [probe], seed, rank)[probe][1]
-            for key, (fit_train, fit_val) in fits.items()
-            if _both_classes(y[fit_train]) and _both_classes(y[fit_val])
-        }
+        for key, (fit_train, fit_val) in fits.items():
+            if not (_both_classes(y[fit_train]) and _both_classes(y[fit_val])):
+                continue
+            rows = (fit_train.tobytes(), fit_val.tobytes())
+            if rows not in by_rows:
+                by_rows[rows] = fit_probes(x, y, (fit_train, fit_val, test), [probe], seed, rank)[probe][1]
+            scores[key] = by_rows[rows]
     finally:
         torch.set_num_threads(before)
     tested = {}
@@ -125,15 +144,15 @@ def summarise(
 
 
 def transfer(
-    cells: list[tuple[pd.Series, np.ndarray]],
+    cells: list[Cell],
     y: np.ndarray,
     splits: list[Split],
     labels_by_grouping: dict[str, np.ndarray],
     settings: ProbeSettings,
 ) -> dict:
     """For each grouping of the samples (e.g. dataset, category, planted mechanism): its groups, the
-    groups left out and why, and per chosen cell (a grid row and its features) the transfer metrics; a
-    grouping with fewer than two usable groups holds only the reason. One worker per cell."""
+    groups left out and why, and per chosen cell the transfer metrics; a grouping with fewer than two
+    usable groups holds only the reason. One worker per (cell, seed)."""
     report, usable = {}, {}
     for name, labels in labels_by_grouping.items():
         groups, skipped = eligible_groups(labels, y)
@@ -153,17 +172,28 @@ def transfer(
         report[name] = {"groups": sizes, "skipped": skipped, "cells": {}}
     if not usable:
         return report
-    jobs = (  # one per (cell, seed): fifteen similar jobs keep both cores busy to the end, three did not
+    # One job per (cell, seed), the MLP cells first: a logistic fit takes a tenth of an MLP's time, so
+    # those jobs fill the end and both cores stay busy to the last second.
+    order = sorted(range(len(cells)), key=lambda i: cells[i].row.probe != "mlp")
+    jobs = [(i, seed) for i in order for seed in range(len(splits))]
+    tested = Parallel(n_jobs=settings.workers or -1, mmap_mode="c")(
         delayed(tested_on_seed)(
-            np.asarray(x, np.float32), y, seed, split, usable, row.probe, settings.mlp_rank
+            np.asarray(cells[i].x, np.float32),
+            y,
+            seed,
+            splits[seed],
+            usable,
+            cells[i].row.probe,
+            settings.mlp_rank,
+            cells[i].split_scores[seed][1],
         )
-        for row, x in cells
-        for seed, split in enumerate(splits)
+        for i, seed in jobs
     )
-    tested = Parallel(n_jobs=settings.workers or -1, mmap_mode="c")(jobs)
-    for i, (row, _) in enumerate(cells):
-        by_seed = tested[i * len(splits) : (i + 1) * len(splits)]
-        for name, metrics in summarise(by_seed, usable, settings.bootstrap).items():
+    by_cell: dict[int, list] = {i: [] for i in order}
+    for (i, _), result in zip(jobs, tested, strict=True):
+        by_cell[i].append(result)
+    for i, (row, _, _) in enumerate(cells):
+        for name, metrics in summarise(by_cell[i], usable, settings.bootstrap).items():
             report[name]["cells"][row.representation] = {
                 "layer": cell_layer(row),
                 "probe": row.probe,
