@@ -128,7 +128,7 @@ def make_workspace(tmp_path: Path, tiny_dir: Path, sample_size: int = 24) -> Pat
     params = {
         "demo": {"out_dir": "demo", "n_images": 12, "seed": 0},
         "data": {
-            "csv": "demo/questions.csv",
+            "source": "demo/questions.csv",
             "images_dir": "demo/images",
             "sample_size": sample_size,
             "seed": 0,

@@ -278,7 +278,7 @@ def test_a_replaced_image_or_retrained_local_model_reruns_extract(tmp_path):
             "models": {"mine": mine},  # and no organism to guard or lens (each name must be a model)
             "guard.models": [],
             "lens.models": [],
-            "data.csv": "external/demo/questions.csv",
+            "data.source": "external/demo/questions.csv",
             "data.images_dir": "external/demo/images",
         },
     )

@@ -141,9 +141,14 @@ class OrganismSettings(_Section):
 
 
 class DataSettings(_Section):
-    """Which CSV to sample from, how its columns are named, and how to sample."""
+    """Which dataset to sample from, in which format, how its columns are named, and how to sample."""
 
-    csv: Path = Path("data/demo/questions.csv")
+    format: Literal["halp", "pope", "haloquest"] = Field(
+        "halp", description="halp: HALP's CSV; or a benchmark's files as published (docs/data.md)"
+    )
+    source: Path = Field(
+        Path("data/demo/questions.csv"), description="the CSV, or the benchmark's file or folder"
+    )
     images_dir: Path = Path("data/demo/images")
     columns: dict[str, str] = Field(
         default_factory=dict,

@@ -7,8 +7,8 @@ import socket
 import pandas as pd
 import pytest
 
-from halp.data.schema import repair_ground_truth
-from halp.label.judges import LLMJudge, RatioJudge, RulesJudge, canonical_category, polarity
+from halp.data.schema import canonical_category, repair_ground_truth
+from halp.label.judges import LLMJudge, RatioJudge, RulesJudge, polarity
 from halp.label.run import label_answers, rates, read_overrides
 from tests.chat_server import chat_server
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from halp.config import DataSettings
+from halp.data.benchmarks import READERS
 from halp.data.schema import read_dataset
 from halp.digests import file_digest
 
@@ -51,11 +52,17 @@ def stratified_sample(table: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def sample_dataset(settings: DataSettings) -> pd.DataFrame:
-    """Validate the configured CSV, draw the sample and write it to settings.out (and settings.rejected,
+    """Validate the configured dataset (HALP's CSV or a benchmark's files), draw the sample and write it to settings.out (and settings.rejected,
     empty when nothing was left out). A failed run leaves neither, so no stage reads an old sample."""
     for path in (settings.out, settings.rejected):
         path.unlink(missing_ok=True)
-    table, rejected = read_dataset(settings.csv, settings.images_dir, settings.columns, settings.drop_invalid)
+    table, rejected = read_dataset(
+        settings.source,
+        settings.images_dir,
+        settings.columns,
+        settings.drop_invalid,
+        reader=READERS.get(settings.format),
+    )
     for path in (settings.out, settings.rejected):
         path.parent.mkdir(parents=True, exist_ok=True)
     rejected.to_csv(settings.rejected, index=False, lineterminator="\n")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -23,11 +25,19 @@ COLUMNS = (
 )
 REQUIRED = ("question_id", "image_name", "question", "gt_answer", "dataset", "is_relational")
 MAX_LISTED = 20
+# HALP's data says "false premises"; the demo set "false_premise": one canonical name per category.
+CATEGORY_ALIASES = {"false_premises": "false_premise"}
 log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
     """The dataset cannot be used as it is; the message names the rows and the fix."""
+
+
+def canonical_category(category: str) -> str:
+    """Lower case, words joined by "_", known aliases mapped: "False premises" -> "false_premise"."""
+    name = re.sub(r"[\s-]+", "_", category.strip().lower())
+    return CATEGORY_ALIASES.get(name, name)
 
 
 def repair_ground_truth(answer: str) -> tuple[str, bool]:
@@ -65,7 +75,13 @@ def read_lined_csv(path: Path) -> pd.DataFrame:
 
 
 def _problem_list(title: str, rows: pd.DataFrame, fix: str) -> str:
-    lines = [f"  - CSV line {i} ({row.question_id!r})" for i, row in rows.head(MAX_LISTED).iterrows()]
+    """The rows by place: a CSV's line, or where a benchmark reader found them ("x.json line 3"), with
+    the url an image came from when the source gives one."""
+    lines = [
+        f"  - {f'CSV line {i}' if isinstance(i, int) else i} ({row.question_id!r})"
+        + (f" from {row.url}" if "url" in rows else "")
+        for i, row in rows.head(MAX_LISTED).iterrows()
+    ]
     more = f"\n  ... and {len(rows) - MAX_LISTED} more" if len(rows) > MAX_LISTED else ""
     return f"{title} ({len(rows)} rows):\n" + "\n".join(lines) + more + f"\n  fix: {fix}"
 
@@ -76,20 +92,26 @@ def read_dataset(
     columns: dict[str, str],
     drop_invalid: bool,
     required: tuple[str, ...] = REQUIRED,
+    reader: Callable[[Path], pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read and validate a HALP-schema CSV: (valid rows, rejected rows), under our column names, each indexed
-    by the row's line in the file (for messages). `required` may ask for less than HALP's schema (a question
-    to assess needs no ground truth): absent columns are then empty.
+    """Read and validate a HALP-schema CSV, or what `reader` makes of a benchmark's files: (valid rows,
+    rejected rows), under our column names, each indexed by the row's line in the file or the reader's
+    place for it (for messages). `required` may ask for less than HALP's schema (a question to assess
+    needs no ground truth): absent columns are then empty.
 
     Structural faults (missing columns, duplicate ids) always stop. Row faults (missing image, empty
     question) stop too unless `drop_invalid`, in which case those rows are returned as rejected,
     each with its `invalid_reason`.
     """
-    if not csv.is_file():
+    if reader is not None:
+        table = reader(csv)
+    elif csv.is_file():
+        table = read_lined_csv(csv)
+    else:
         raise DatasetError(
-            f"dataset CSV {csv} not found: set data.csv in params.yaml or run `halp prepare-data`"
+            f"dataset CSV {csv} not found: set data.source in params.yaml or run `halp prepare-data`"
         )
-    table = read_lined_csv(csv).rename(columns={theirs: ours for ours, theirs in columns.items()})
+    table = table.rename(columns={theirs: ours for ours, theirs in columns.items()})
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise DatasetError(
@@ -127,11 +149,11 @@ def read_dataset(
                 _problem_list("empty question", table[empty], "write the question or drop the row")
             )
         for problem in sorted(set(image_problems) - {""}):
-            fix = (
-                "set data.images_dir in params.yaml to the folder holding the images, or add the files"
-                if problem == NOT_FOUND
-                else "put the image file itself at that path"
-            )
+            fix = "put the image file itself at that path"
+            if problem == NOT_FOUND:
+                fix = "set data.images_dir in params.yaml to the folder holding the images, or add the files"
+                if "url" in table:  # a benchmark that publishes its images as links
+                    fix += f" (download each from its url into {images_dir}: halp downloads nothing)"
             problems.append(
                 _problem_list(f"{problem} under {images_dir}", table[image_problems == problem], fix)
             )

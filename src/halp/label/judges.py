@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Protocol
 
+from halp.data.schema import canonical_category
 from halp.llm import Endpoint, OffFormat, first_word
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -20,14 +21,12 @@ _AFFIRMATION = re.compile(r"^(yes|yeah|yep|correct|true|indeed|certainly|sure)\b
 # A statement that asserts what was asked ("There is a red circle."): an affirmation when nothing negates it.
 _ASSERTION = re.compile(r"^(there (is|are)|there's|it (is|does)|it's|they (are|do)|they're|i (can )?see)\b")
 _DENIAL = re.compile(r"^(no|nope|false|incorrect|not)\b")
-# HALP's data says "false premises"; the demo set "false_premise": one canonical name per category.
-CATEGORY_ALIASES = {"false_premises": "false_premise"}
-
-
-def canonical_category(category: str) -> str:
-    """Lower case, words joined by "_", known aliases mapped: "False premises" -> "false_premise"."""
-    name = re.sub(r"[\s-]+", "_", category.strip().lower())
-    return CATEGORY_ALIASES.get(name, name)
+# An answer that says the image does not settle the question (HaloQuest's insufficient context).
+_UNDETERMINED = re.compile(
+    r"\b(cannot|can't|can not|impossible to|unable to|not possible to|no way to|hard to)\b.*"
+    r"\b(tell|determine|know|say|identify|answer)\b|"
+    r"\b(unclear|unknown|uncertain|not clear|not sure|not enough information|insufficient)\b"
+)
 
 
 def normalise(text: str) -> str:
@@ -58,23 +57,32 @@ class Judge(Protocol):
 
 
 class RulesJudge:
-    """Yes/no questions by the answer's polarity; false premises by whether the answer rejects the
-    premise; other short answers by a normalised match of the ground truth inside the answer."""
+    """Each benchmark's rule, by the row's category and ground truth: false premises by whether the answer
+    rejects the premise; insufficient context (HaloQuest) by whether it says the image cannot tell, or
+    gives an accepted answer; yes/no truths (POPE, existence questions) by the answer's polarity; other
+    answers by a normalised match of any accepted answer (HaloQuest joins several with ";") inside it."""
 
     def __call__(self, question: str, answer: str, ground_truth: str, category: str) -> Verdict:
-        truth = normalise(ground_truth)
-        if canonical_category(category) == "false_premise" or ground_truth.lower().startswith("no;"):
+        truth, kind = normalise(ground_truth), canonical_category(category)
+        if kind == "false_premise" or ground_truth.lower().startswith("no;"):
             rejects = polarity(answer) == "no"
             return Verdict(
                 not rejects, "rejects the false premise" if rejects else "accepts the false premise"
             )
+        if kind == "insufficient_context" and _UNDETERMINED.search(answer.lower().replace("’", "'")):
+            return Verdict(False, "says the image cannot tell")
         if truth in ("yes", "no"):
             said = polarity(answer)
             if said is None:
                 return Verdict(True, "unanswered: neither yes nor no")
             return Verdict(said != truth, f"says {said}, truth is {truth}")
-        found = bool(truth) and f" {truth} " in f" {normalise(answer)} "
-        return Verdict(not found, "ground truth in answer" if found else "ground truth not in answer")
+        accepted = [a for a in map(normalise, ground_truth.split(";")) if a]
+        found = next((a for a in accepted if f" {a} " in f" {normalise(answer)} "), None)
+        if len(accepted) < 2:
+            return Verdict(not found, "ground truth in answer" if found else "ground truth not in answer")
+        if found:
+            return Verdict(False, f"accepted answer {found!r} in answer")
+        return Verdict(True, f"none of the {len(accepted)} accepted answers in answer")
 
 
 @dataclass(frozen=True)

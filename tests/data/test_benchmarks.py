@@ -1,0 +1,222 @@
+"""The benchmarks' published files, written here in their exact formats, read through `halp sample`."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from halp.config import DataSettings
+from halp.data.sample import sample_dataset
+from halp.data.schema import DatasetError
+from halp.label.judges import RulesJudge
+from halp.store import open_embeddings
+from tests.conftest import halp, set_params
+
+
+def write_images(folder, names):
+    folder.mkdir(exist_ok=True)
+    for i, name in enumerate(names):
+        Image.new("RGB", (56, 56), (i * 40 % 256, 0, 0)).save(folder / name)
+
+
+def settings(tmp_path, data_format, source, **kw):
+    out = tmp_path / "out"
+    return DataSettings(
+        format=data_format,
+        source=source,
+        images_dir=tmp_path / "images",
+        out=out / "samples.csv",
+        rejected=out / "rejected.csv",
+        sample_size=kw.pop("sample_size", 1000),
+        **kw,
+    )
+
+
+def pope_lines(split_offset=0):
+    """POPE's own lines: question ids from 1 in every file, COCO image names, yes/no labels."""
+    return [
+        {
+            "question_id": i + 1,
+            "image": f"COCO_val2014_{(i + split_offset) % 3:012d}.jpg",
+            "text": f"Is there a {thing} in the image?",
+            "label": "yes" if i % 2 == 0 else "no",
+        }
+        for i, thing in enumerate(["dog", "snowboard", "car", "cup"])
+    ]
+
+
+def write_pope(folder):
+    folder.mkdir()
+    for offset, split in enumerate(["random", "popular", "adversarial"]):
+        lines = "\n".join(json.dumps(item) for item in pope_lines(offset))
+        (folder / f"coco_pope_{split}.json").write_text(lines + "\n")
+
+
+@pytest.fixture()
+def pope(tmp_path):
+    write_pope(tmp_path / "pope")
+    write_images(tmp_path / "images", [f"COCO_val2014_{i:012d}.jpg" for i in range(3)])
+    return tmp_path / "pope"
+
+
+def test_pope_files_as_published_give_splits_as_categories(tmp_path, pope):
+    sample = sample_dataset(settings(tmp_path, "pope", pope)).set_index("question_id")
+    assert len(sample) == 12, "ids restart in every file: each file's question 1 is its own question"
+    first = sample.loc["coco_pope_random/1"]
+    assert (first.question, first.gt_answer, first.category, first.dataset) == (
+        "Is there a dog in the image?",
+        "yes",
+        "random",
+        "coco_pope",
+    )
+    assert set(sample.category) == {"random", "popular", "adversarial"}
+    single = sample_dataset(settings(tmp_path, "pope", pope / "coco_pope_adversarial.json"))
+    assert set(single.category) == {"adversarial"} and len(single) == 4
+
+
+def test_pope_bad_lines_are_each_named(tmp_path, pope):
+    lines = [json.dumps(item) for item in pope_lines()]
+    lines[1] = lines[1][:-1]  # cut short
+    lines[2] = json.dumps({"question_id": 3, "image": "x.jpg", "label": "no"})  # no text
+    lines.append(json.dumps(pope_lines()[3] | {"label": "maybe"}))
+    (pope / "coco_pope_random.json").write_text("\n".join(lines))
+    with pytest.raises(DatasetError) as err:
+        sample_dataset(settings(tmp_path, "pope", pope))
+    message = str(err.value)
+    assert "coco_pope_random.json line 2: not a JSON object" in message
+    assert "coco_pope_random.json line 3: lacks ['text']" in message
+    assert "coco_pope_random.json line 5: label 'maybe' is neither yes nor no" in message
+    assert "3 problem(s)" in message and "fix:" in message
+
+    lines = [json.dumps(item) for item in pope_lines()]
+    (pope / "coco_pope_random.json").write_text("\n".join([*lines, lines[0]]))
+    with pytest.raises(DatasetError) as err:
+        sample_dataset(settings(tmp_path, "pope", pope))
+    assert "id coco_pope_random/1 appears 2 times: coco_pope_random.json line 1, " in str(err.value)
+
+
+def test_pope_missing_image_and_missing_source_say_where(tmp_path, pope):
+    (tmp_path / "images" / "COCO_val2014_000000000002.jpg").unlink()
+    with pytest.raises(DatasetError) as err:
+        sample_dataset(settings(tmp_path, "pope", pope))
+    assert "coco_pope_adversarial.json line 1 ('coco_pope_adversarial/1')" in str(err.value)
+    assert "data.images_dir" in str(err.value)
+    with pytest.raises(DatasetError, match=r"holds no \*pope_\*\.json: set data\.source"):
+        sample_dataset(settings(tmp_path, "pope", tmp_path / "images"))
+
+
+HALOQUEST_ROWS = [
+    ("img_0.png", "false premises", "What is the dog holding?", "There is no dog; No dog is visible"),
+    ("img_1.png", "visual challenge", "What colour is the car?", '"Red, with a white roof"; red'),
+    ("img_2.png", "insufficient context", "Who painted this?", "It cannot be determined; Unknown"),
+    ("img_0.png", "visual challenge", "How many cats are there?", "two; 2"),
+]
+
+
+@pytest.fixture()
+def haloquest(tmp_path):
+    """haloquest-eval.csv as published: an unnamed index column first, answers joined by ";"."""
+    table = pd.DataFrame(
+        [
+            {
+                "image_name": image,
+                "url": f"https://example.org/{image}",
+                "image type": "real",
+                "hallucination type": kind,
+                "question": question,
+                "groundtruth responses": answers,
+                "split": "eval",
+            }
+            for image, kind, question, answers in HALOQUEST_ROWS
+        ]
+    )
+    csv = tmp_path / "haloquest-eval.csv"
+    table.to_csv(csv)
+    write_images(tmp_path / "images", ["img_0.png", "img_1.png", "img_2.png"])
+    return csv
+
+
+def test_haloquest_csv_as_published(tmp_path, haloquest):
+    assert haloquest.read_text().startswith(",image_name,url,"), "the published header"
+    sample = sample_dataset(settings(tmp_path, "haloquest", haloquest)).set_index("question_id")
+    assert list(sample.sort_index().index) == [f"haloquest-eval/{i}" for i in range(4)]
+    colour = sample.loc["haloquest-eval/1"]
+    assert (colour.gt_answer, colour.category, colour.dataset) == (
+        '"Red, with a white roof"; red',
+        "visual_challenge",
+        "haloquest",
+    )
+    assert set(sample.category) == {"false_premise", "visual_challenge", "insufficient_context"}
+    from_folder = sample_dataset(settings(tmp_path, "haloquest", tmp_path))
+    assert len(from_folder) == 4
+
+
+def test_haloquest_bad_rows_and_missing_images_are_named(tmp_path, haloquest):
+    table = pd.read_csv(haloquest, index_col=0)
+    table.loc[2, "hallucination type"] = "made up"
+    table.loc[3, "groundtruth responses"] = " "
+    table.to_csv(haloquest)
+    with pytest.raises(DatasetError) as err:
+        sample_dataset(settings(tmp_path, "haloquest", haloquest))
+    assert "line 4: hallucination type 'made up'" in str(err.value)
+    assert "line 5: no groundtruth response" in str(err.value)
+
+    pd.read_csv(haloquest, index_col=0).drop(columns="url").to_csv(haloquest)
+    with pytest.raises(DatasetError, match="lacks HaloQuest's column\\(s\\) \\['url'\\]"):
+        sample_dataset(settings(tmp_path, "haloquest", haloquest))
+
+    table = pd.DataFrame(
+        [{"image_name": "lost.png", "url": "https://example.org/lost.png", "image type": "generated",
+          "hallucination type": "visual challenge", "question": "What is it?", "groundtruth responses": "a",
+          "split": "eval"}]
+    )  # fmt: skip
+    table.to_csv(haloquest)
+    with pytest.raises(DatasetError) as err:
+        sample_dataset(settings(tmp_path, "haloquest", haloquest))
+    lost = "haloquest-eval.csv line 2 ('haloquest-eval/0') from https://example.org/lost.png"
+    assert lost in str(err.value)
+    assert "halp downloads nothing" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("category", "truth", "answer", "hallucinated"),
+    [
+        ("random", "yes", "Yes, there is a dog.", False),  # POPE: the answer's polarity against the label
+        ("adversarial", "no", "There is a snowboard.", True),
+        ("adversarial", "no", "No, there is not.", False),
+        ("visual_challenge", '"Red, with a white roof"; red', "It is red.", False),  # any accepted answer
+        ("visual_challenge", "two; 2", "There are 3 cats.", True),
+        ("visual_challenge", "two; 2", "I see 2 cats.", False),
+        ("insufficient_context", "It cannot be determined; Unknown", "It is impossible to tell.", False),
+        ("insufficient_context", "It cannot be determined; Unknown", "Vincent van Gogh.", True),
+        ("insufficient_context", "It cannot be determined; Unknown", "The painter is unknown.", False),
+        ("false_premise", "There is no dog; No dog is visible", "There is no dog in the image.", False),
+        ("false_premise", "There is no dog; No dog is visible", "The dog holds a ball.", True),
+    ],
+)
+def test_the_rules_judge_reads_each_benchmark_by_its_own_rule(category, truth, answer, hallucinated):
+    verdict = RulesJudge()("question?", answer, truth, category)
+    assert verdict.hallucinated is hallucinated, verdict.reason
+
+
+@pytest.mark.slow
+def test_pope_through_extract_and_label_with_its_judge(workspace):
+    """POPE's files as published -> `halp sample` -> `halp extract` on a tiny Qwen2-VL -> `halp label`."""
+    write_pope(workspace / "pope")
+    write_images(workspace / "coco", [f"COCO_val2014_{i:012d}.jpg" for i in range(3)])
+    set_params(workspace, {"data.format": "pope", "data.source": "pope", "data.images_dir": "coco"})
+    for command in (["sample"], ["extract", "--model", "qwen2_vl"], ["label", "--model", "qwen2_vl"]):
+        halp(*command, cwd=workspace)
+    meta = open_embeddings(workspace / "embeddings" / "qwen2_vl").meta.set_index("sample_id")
+    labels = pd.read_csv(workspace / "data" / "labels" / "qwen2_vl.csv").set_index("sample_id")
+    assert len(labels) == 12 and set(meta.source) == {"coco_pope"}
+    assert set(labels.category) == {"random", "popular", "adversarial"}
+    for sample_id, row in labels.iterrows():
+        truth = meta.ground_truth[sample_id]
+        assert truth in ("yes", "no")
+        expected = RulesJudge()(meta.question[sample_id], meta.answer[sample_id], truth, row.category)
+        assert (row.hallucinated, row.reason) == (expected.hallucinated, expected.reason)
+        assert row.reason == "unanswered: neither yes nor no" or row.reason.endswith(f"truth is {truth}")
