@@ -143,7 +143,7 @@ class OrganismSettings(_Section):
 class DataSettings(_Section):
     """Which dataset to sample from, in which format, how its columns are named, and how to sample."""
 
-    format: Literal["halp", "pope", "haloquest"] = Field(
+    format: Literal["halp", "pope", "haloquest", "amber"] = Field(
         "halp", description="halp: HALP's CSV; or a benchmark's files as published (docs/data.md)"
     )
     source: Path = Field(

@@ -181,6 +181,92 @@ def test_haloquest_bad_rows_and_missing_images_are_named(tmp_path, haloquest):
     assert "halp downloads nothing" in str(err.value)
 
 
+AMBER_QUERIES = [
+    {"id": 1, "image": "AMBER_1.jpg", "query": "Describe this image."},
+    {"id": 2, "image": "AMBER_2.jpg", "query": "Describe this image."},
+    {"id": 1005, "image": "AMBER_1.jpg", "query": "Is the dog running in this image?"},
+    {"id": 1006, "image": "AMBER_2.jpg", "query": "Is there a car in this image?"},
+]
+
+
+def amber_annotations():
+    """annotations.json as AMBER orders it: item id - 1 holds id; generative items are ids 1-1004."""
+    items = [
+        {"id": i, "type": "generative", "truth": ["tree", "sky"], "hallu": ["car", "dog"]}
+        for i in range(1, 1005)
+    ]
+    items.append({"id": 1005, "type": "discriminative-attribute-state", "truth": "yes"})
+    items.append({"id": 1006, "type": "discriminative-hallucination", "truth": "no"})
+    return items
+
+
+@pytest.fixture()
+def amber(tmp_path):
+    data = tmp_path / "AMBER" / "data"
+    (data / "query").mkdir(parents=True)
+    (data / "query" / "query_all.json").write_text(json.dumps(AMBER_QUERIES))
+    (data / "annotations.json").write_text(json.dumps(amber_annotations()))
+    write_images(tmp_path / "images", ["AMBER_1.jpg", "AMBER_2.jpg"])
+    return data
+
+
+def test_amber_query_and_annotations_as_published(tmp_path, amber):
+    sample = sample_dataset(settings(tmp_path, "amber", amber)).set_index("question_id")
+    assert sorted(sample.index) == ["amber/1", "amber/1005", "amber/1006", "amber/2"]
+    assert json.loads(sample.gt_answer["amber/1"]) == {"truth": ["tree", "sky"], "hallu": ["car", "dog"]}
+    assert (sample.gt_answer["amber/1005"], sample.category["amber/1005"]) == (
+        "yes",
+        "discriminative_attribute_state",
+    )
+    assert set(sample.category) == {
+        "generative",
+        "discriminative_attribute_state",
+        "discriminative_hallucination",
+    }
+    assert set(sample.dataset) == {"amber"}
+    one_file = sample_dataset(settings(tmp_path, "amber", amber / "query" / "query_all.json"))
+    assert len(one_file) == 4
+
+
+def test_amber_bad_items_are_named_by_place_and_id(tmp_path, amber):
+    queries = [
+        *AMBER_QUERIES,
+        {"id": 7, "image": "AMBER_1.jpg"},
+        {"id": 9999, "image": "x.jpg", "query": "?"},
+    ]
+    annotations = amber_annotations()
+    annotations[1004]["truth"] = "maybe"
+    (amber / "query" / "query_all.json").write_text(json.dumps(queries))
+    (amber / "annotations.json").write_text(json.dumps(annotations))
+    with pytest.raises(DatasetError) as err:
+        sample_dataset(settings(tmp_path, "amber", amber))
+    message = str(err.value)
+    assert (
+        "query_all.json item 3: annotation 1005 ('discriminative-attribute-state') holds neither" in message
+    )
+    assert "query_all.json item 5: lacks ['query']" in message
+    assert "query_all.json item 6: id 9999 has no annotation" in message
+
+    (amber / "annotations.json").write_text(json.dumps(amber_annotations()))
+    (amber / "query" / "query_all.json").write_text(json.dumps([*AMBER_QUERIES, AMBER_QUERIES[0]]))
+    with pytest.raises(DatasetError) as err:
+        sample_dataset(settings(tmp_path, "amber", amber))
+    assert "id amber/1 appears 2 times: query_all.json item 1 (id 1), query_all.json item 5 (id 1)" in str(
+        err.value
+    )
+
+    (amber / "query" / "query_all.json").write_text(json.dumps(AMBER_QUERIES)[:-3])
+    with pytest.raises(DatasetError, match=r"query_all\.json line 1 column \d+: not JSON"):
+        sample_dataset(settings(tmp_path, "amber", amber))
+    (amber / "query" / "query_all.json").write_text(json.dumps(AMBER_QUERIES))
+    (amber / "annotations.json").unlink()
+    with pytest.raises(DatasetError, match=r"annotations\.json not found: set data\.source"):
+        sample_dataset(settings(tmp_path, "amber", amber))
+
+
+GENERATIVE = json.dumps({"truth": ["tree", "sky"], "hallu": ["car", "dog", "traffic light"]})
+
+
 @pytest.mark.parametrize(
     ("category", "truth", "answer", "hallucinated"),
     [
@@ -195,6 +281,17 @@ def test_haloquest_bad_rows_and_missing_images_are_named(tmp_path, haloquest):
         ("insufficient_context", "It cannot be determined; Unknown", "The painter is unknown.", False),
         ("false_premise", "There is no dog; No dog is visible", "There is no dog in the image.", False),
         ("false_premise", "There is no dog; No dog is visible", "The dog holds a ball.", True),
+        ("generative", GENERATIVE, "A car is parked under a tree.", True),  # AMBER: names an absent object
+        ("generative", GENERATIVE, "Two dogs play on the grass.", True),  # its plural
+        ("generative", GENERATIVE, "A red traffic light by the road.", True),  # a name of two words
+        (
+            "generative",
+            GENERATIVE,
+            "A cartoon of a tree under a blue sky.",
+            False,
+        ),  # "car" only inside a word
+        ("discriminative_hallucination", "no", "No, there is no car.", False),
+        ("discriminative_attribute_state", "yes", "No.", True),
     ],
 )
 def test_the_rules_judge_reads_each_benchmark_by_its_own_rule(category, truth, answer, hallucinated):

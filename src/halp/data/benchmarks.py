@@ -19,6 +19,10 @@ from halp.data.schema import MAX_LISTED, DatasetError, canonical_category, read_
 POPE_FIELDS = ("question_id", "image", "text", "label")
 HALOQUEST_COLUMNS = ("image_name", "url", "question", "groundtruth responses", "hallucination type", "split")
 HALOQUEST_TYPES = ("false_premise", "insufficient_context", "visual_challenge")
+AMBER_QUERY_FIELDS = ("id", "image", "query")
+AMBER_WHERE = (
+    "AMBER's query file (data/query/query_all.json), or the folder holding query/ and annotations.json"
+)
 
 
 def benchmark_files(path: Path, pattern: str, what: str) -> list[Path]:
@@ -141,4 +145,73 @@ def read_haloquest(path: Path) -> pd.DataFrame:
     return table
 
 
-READERS: dict[str, Callable[[Path], pd.DataFrame]] = {"pope": read_pope, "haloquest": read_haloquest}
+def _json_array(file: Path) -> list:
+    if not file.is_file():
+        raise DatasetError(f"{file} not found: set data.source in params.yaml to {AMBER_WHERE}")
+    try:
+        items = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{file} line {err.lineno} column {err.colno}: not JSON ({err.msg})") from err
+    if not isinstance(items, list):
+        raise DatasetError(f"{file} holds a JSON {type(items).__name__}; AMBER's files hold an array")
+    return items
+
+
+def _amber_truth(annotation: dict) -> str | None:
+    """The ground truth of one annotation: yes/no for a discriminative item; for a generative one, its
+    objects in the image (truth) and those not in it (hallu) as JSON, which the rules judge reads. None
+    when the annotation holds neither."""
+    truth, hallu = annotation.get("truth"), annotation.get("hallu")
+    if annotation.get("type") == "generative":
+        both_lists = isinstance(truth, list) and isinstance(hallu, list)
+        return json.dumps({"truth": truth, "hallu": hallu}) if both_lists else None
+    return str(truth).strip().lower() if str(truth).strip().lower() in ("yes", "no") else None
+
+
+def read_amber(path: Path) -> pd.DataFrame:
+    """AMBER: a query file (a JSON array of {id, image, query}; `query/query_all.json` when `path` is the
+    data folder) and `annotations.json` beside the query folder, an array in which item id - 1 is
+    {id, type, truth, hallu}. Generative items (ids 1-1004) are judged by the objects an answer names;
+    discriminative ones hold yes/no in `truth`, and their `type` is the category."""
+    query = path / "query" / "query_all.json" if path.is_dir() else path
+    queries = _json_array(query)
+    annotations = _json_array(query.parent.parent / "annotations.json")
+    records, places, problems = [], [], []
+    for position, item in enumerate(queries, start=1):
+        where = f"{query.name} item {position}"
+        if not isinstance(item, dict) or (missing := [f for f in AMBER_QUERY_FIELDS if f not in item]):
+            lacks = "is not an object" if not isinstance(item, dict) else f"lacks {missing}"
+            problems.append(f"{where}: {lacks}; a query holds {', '.join(AMBER_QUERY_FIELDS)}")
+            continue
+        key = item["id"]
+        found = annotations[key - 1] if isinstance(key, int) and 0 < key <= len(annotations) else None
+        if not isinstance(found, dict) or found.get("id") != key:
+            problems.append(f"{where}: id {key!r} has no annotation (annotations.json item {key!r})")
+            continue
+        if (truth := _amber_truth(found)) is None:
+            problems.append(
+                f"{where}: annotation {key} ({found.get('type')!r}) holds neither yes/no nor object lists"
+            )
+            continue
+        places.append(f"{where} (id {key})")
+        records.append(
+            {
+                "question_id": f"amber/{key}",
+                "image_name": item["image"],
+                "question": item["query"],
+                "gt_answer": truth,
+                "category": canonical_category(str(found.get("type"))),
+                "dataset": "amber",
+            }
+        )
+    _stop_on(problems, str(query), "use AMBER's query and annotation files as published")
+    table = _schema_rows(pd.DataFrame.from_records(records, index=places))
+    _stop_on(_repeated_ids(table, table.question_id), str(query), "list each query once")
+    return table
+
+
+READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    "pope": read_pope,
+    "haloquest": read_haloquest,
+    "amber": read_amber,
+}

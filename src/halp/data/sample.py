@@ -52,8 +52,9 @@ def stratified_sample(table: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def sample_dataset(settings: DataSettings) -> pd.DataFrame:
-    """Validate the configured dataset (HALP's CSV or a benchmark's files), draw the sample and write it to settings.out (and settings.rejected,
-    empty when nothing was left out). A failed run leaves neither, so no stage reads an old sample."""
+    """Validate the configured dataset (HALP's CSV or a benchmark's files), draw the sample and write it to
+    settings.out (and settings.rejected, empty when nothing was left out). A failed run leaves neither, so
+    no stage reads an old sample."""
     for path in (settings.out, settings.rejected):
         path.unlink(missing_ok=True)
     table, rejected = read_dataset(

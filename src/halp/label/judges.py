@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from difflib import SequenceMatcher
@@ -56,14 +57,40 @@ class Judge(Protocol):
     def __call__(self, question: str, answer: str, ground_truth: str, category: str) -> Verdict: ...
 
 
+def names_object(text: str, name: str) -> bool:
+    """Whether normalised `text` names the object `name` as whole words, singular or with a plural s/es."""
+    name = normalise(name)
+    return bool(name) and any(f" {form} " in f" {text} " for form in (name, f"{name}s", f"{name}es"))
+
+
+def objects_named(answer: str, ground_truth: str) -> Verdict:
+    """AMBER's generative items: hallucinated when the answer names an object of `hallu`, the objects
+    the annotators listed as not in the image (the ground truth is AMBER's lists as JSON)."""
+    try:
+        absent = json.loads(ground_truth)["hallu"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"a generative item's ground truth must be AMBER's object lists as JSON "
+            f'({{"truth": [...], "hallu": [...]}}); it is {ground_truth[:80]!r}'
+        ) from err
+    text = normalise(answer)
+    named = [name for name in absent if names_object(text, name)]
+    if named:
+        return Verdict(True, f"names {', '.join(named)}, not in the image")
+    return Verdict(False, f"names none of the {len(absent)} objects not in the image")
+
+
 class RulesJudge:
     """Each benchmark's rule, by the row's category and ground truth: false premises by whether the answer
     rejects the premise; insufficient context (HaloQuest) by whether it says the image cannot tell, or
-    gives an accepted answer; yes/no truths (POPE, existence questions) by the answer's polarity; other
-    answers by a normalised match of any accepted answer (HaloQuest joins several with ";") inside it."""
+    gives an accepted answer; AMBER's generative items by the objects the answer names; yes/no truths
+    (POPE, AMBER's discriminative items, existence questions) by the answer's polarity; other answers by a
+    normalised match of any accepted answer (HaloQuest joins several with ";") inside it."""
 
     def __call__(self, question: str, answer: str, ground_truth: str, category: str) -> Verdict:
         truth, kind = normalise(ground_truth), canonical_category(category)
+        if kind == "generative":
+            return objects_named(answer, ground_truth)
         if kind == "false_premise" or ground_truth.lower().startswith("no;"):
             rejects = polarity(answer) == "no"
             return Verdict(
