@@ -143,7 +143,7 @@ class OrganismSettings(_Section):
 class DataSettings(_Section):
     """Which dataset to sample from, in which format, how its columns are named, and how to sample."""
 
-    format: Literal["halp", "pope", "haloquest", "amber"] = Field(
+    format: Literal["halp", "pope", "haloquest", "amber", "hf"] = Field(
         "halp", description="halp: HALP's CSV; or a benchmark's files as published (docs/data.md)"
     )
     source: Path = Field(
@@ -160,6 +160,10 @@ class DataSettings(_Section):
     out: Path = Path("data/sampled/samples.csv")
     rejected: Path = Field(
         Path("data/sampled/rejected.csv"), description="rows left out by drop_invalid, each with its reason"
+    )
+    embedded_images: Path = Field(
+        Path("data/sampled/images"),
+        description="where images stored inside the dataset (parquet, Arrow) are written, named by content",
     )
 
 

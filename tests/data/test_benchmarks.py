@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -20,6 +24,34 @@ def write_images(folder, names):
     folder.mkdir(exist_ok=True)
     for i, name in enumerate(names):
         Image.new("RGB", (56, 56), (i * 40 % 256, 0, 0)).save(folder / name)
+
+
+def image_bytes(i, kind="JPEG"):
+    buffer = io.BytesIO()
+    Image.new("RGB", (56, 56), (0, i * 40 % 256, 0)).save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # the datasets library's Image
+
+
+def write_pope_parquet(folder):
+    """POPE as lmms-lab publishes it on the hub: data/test-*.parquet, the image inside each row."""
+    rows = [(i, split, i % 3) for split in ("adversarial", "popular", "random") for i in range(4)]
+    table = pa.table(
+        {
+            "id": [str(n) for n in range(len(rows))],
+            "question_id": [str(i + 1) for i, _, _ in rows],
+            "question": [f"Is there a thing {i} in the image?" for i, _, _ in rows],
+            "answer": ["yes" if i % 2 == 0 else "no" for i, _, _ in rows],
+            "image_source": [f"COCO_val2014_{k:012d}" for _, _, k in rows],
+            "image": pa.array([{"bytes": image_bytes(k), "path": None} for _, _, k in rows], type=HF_IMAGE),
+            "category": [split for _, split, _ in rows],
+        }
+    )
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(table.slice(0, 6), folder / "data" / "test-00000-of-00002.parquet")
+    pq.write_table(table.slice(6), folder / "data" / "test-00001-of-00002.parquet")
 
 
 def settings(tmp_path, data_format, source, **kw):
@@ -181,6 +213,76 @@ def test_haloquest_bad_rows_and_missing_images_are_named(tmp_path, haloquest):
     assert "halp downloads nothing" in str(err.value)
 
 
+def test_pope_parquet_from_the_hub_writes_each_image_once_by_content(tmp_path):
+    write_pope_parquet(tmp_path / "POPE")
+    data = settings(tmp_path, "pope", tmp_path / "POPE", embedded_images=tmp_path / "embedded")
+    sample = sample_dataset(data).set_index("question_id")
+    assert len(sample) == 12 and set(sample.category) == {"adversarial", "popular", "random"}
+    row = sample.loc["pope/random/3"]
+    assert (row.gt_answer, row.dataset, row.image_name) == ("yes", "pope", "COCO_val2014_000000000002")
+    written = sorted(p.name for p in (tmp_path / "embedded").iterdir())
+    assert written == sorted(f"{hashlib.sha256(image_bytes(k)).hexdigest()}.jpg" for k in range(3))
+    assert (tmp_path / "embedded" / row.image_path.split("/")[-1]).read_bytes() == image_bytes(2)
+    assert row.image_sha256 == hashlib.sha256(image_bytes(2)).hexdigest()
+    smaller = sample_dataset(data.model_copy(update={"sample_size": 2}))
+    assert len(list((tmp_path / "embedded").iterdir())) == smaller.image_sha256.nunique(), (
+        "this sample's only"
+    )
+
+
+def test_hf_dataset_folder_with_a_column_map(tmp_path):
+    """A `save_to_disk` folder: Arrow stream files, bytes or no bytes in the image column."""
+    folder = tmp_path / "my_vqa"
+    (folder / "train").mkdir(parents=True)
+    cells = [{"bytes": image_bytes(i % 2, "PNG"), "path": f"scene_{i % 2}.png"} for i in range(4)]
+    cells[3] = {"bytes": b"not an image", "path": "broken.png"}
+    table = pa.table(
+        {
+            "qid": ["a", "b", "c", "d"],
+            "img": pa.array(cells, type=HF_IMAGE),
+            "prompt": ["What is shown?", "Is it green?", "Is it red?", "What colour?"],
+            "label": ["a square", "yes", "no", "green"],
+            "kind": ["open", "yes_no", "yes_no", "open"],
+        }
+    )
+    with pa.ipc.new_stream(folder / "train" / "data-00000-of-00001.arrow", table.schema) as writer:
+        writer.write_table(table)
+    (folder / "train" / "state.json").write_text("{}")
+    columns = {
+        "question_id": "qid",
+        "image_name": "img",
+        "question": "prompt",
+        "gt_answer": "label",
+        "category": "kind",
+    }
+    data = settings(tmp_path, "hf", folder, columns=columns, embedded_images=tmp_path / "embedded")
+    with pytest.raises(DatasetError) as err:
+        sample_dataset(data)
+    assert "embedded bytes that are not an image" in str(err.value)
+    assert "data-00000-of-00001.arrow row 4 ('d')" in str(err.value)
+    sample = sample_dataset(data.model_copy(update={"drop_invalid": True})).set_index("question_id")
+    assert sorted(sample.index) == ["a", "b", "c"] and set(sample.dataset) == {"my_vqa"}
+    assert (sample.image_name["b"], sample.category["b"], sample.gt_answer["b"]) == (
+        "scene_1.png",
+        "yes_no",
+        "yes",
+    )
+    assert len(list((tmp_path / "embedded").iterdir())) == 2, "scene_0.png twice: one file"
+    rejected = pd.read_csv(tmp_path / "out" / "rejected.csv")
+    assert list(rejected.question_id) == ["d"] and "image_bytes" not in rejected
+
+    jsonl = tmp_path / "questions.jsonl"  # JSON Lines with image paths, under data.images_dir
+    write_images(tmp_path / "images", ["scene.png"])
+    lines = [
+        {"qid": "x", "img": "scene.png", "prompt": "What?", "label": "a dog"},
+        {"qid": "y", "prompt": "?"},
+    ]
+    jsonl.write_text("\n".join(json.dumps(line) for line in lines))
+    with pytest.raises(DatasetError) as err:
+        sample_dataset(settings(tmp_path, "hf", jsonl, columns=columns))
+    assert "questions.jsonl line 2 ('y')" in str(err.value)
+
+
 AMBER_QUERIES = [
     {"id": 1, "image": "AMBER_1.jpg", "query": "Describe this image."},
     {"id": 2, "image": "AMBER_2.jpg", "query": "Describe this image."},
@@ -300,16 +402,20 @@ def test_the_rules_judge_reads_each_benchmark_by_its_own_rule(category, truth, a
 
 
 @pytest.mark.slow
-def test_pope_through_extract_and_label_with_its_judge(workspace):
+@pytest.mark.parametrize("published", ["json_lines", "parquet"])
+def test_pope_through_extract_and_label_with_its_judge(workspace, published):
     """POPE's files as published -> `halp sample` -> `halp extract` on a tiny Qwen2-VL -> `halp label`."""
-    write_pope(workspace / "pope")
-    write_images(workspace / "coco", [f"COCO_val2014_{i:012d}.jpg" for i in range(3)])
+    if published == "parquet":
+        write_pope_parquet(workspace / "pope")
+    else:
+        write_pope(workspace / "pope")
+        write_images(workspace / "coco", [f"COCO_val2014_{i:012d}.jpg" for i in range(3)])
     set_params(workspace, {"data.format": "pope", "data.source": "pope", "data.images_dir": "coco"})
     for command in (["sample"], ["extract", "--model", "qwen2_vl"], ["label", "--model", "qwen2_vl"]):
         halp(*command, cwd=workspace)
     meta = open_embeddings(workspace / "embeddings" / "qwen2_vl").meta.set_index("sample_id")
     labels = pd.read_csv(workspace / "data" / "labels" / "qwen2_vl.csv").set_index("sample_id")
-    assert len(labels) == 12 and set(meta.source) == {"coco_pope"}
+    assert len(labels) == 12 and set(meta.source) == {"coco_pope" if published == "json_lines" else "pope"}
     assert set(labels.category) == {"random", "popular", "adversarial"}
     for sample_id, row in labels.iterrows():
         truth = meta.ground_truth[sample_id]

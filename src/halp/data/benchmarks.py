@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from halp.data.schema import MAX_LISTED, DatasetError, canonical_category, read_lined_csv
 
@@ -58,10 +60,68 @@ def _schema_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table.astype(str).assign(description="", has_image="True", is_relational="False")
 
 
+def read_table_file(file: Path) -> tuple[pd.DataFrame, str]:
+    """A parquet, Arrow (`save_to_disk`'s stream files) or JSON Lines file as a table, and what its rows
+    are called in messages ("row", or "line" for JSON Lines). Image cells stay as read: dicts of bytes."""
+    try:
+        if file.suffix == ".jsonl":
+            return pd.read_json(file, lines=True, dtype=False), "line"
+        if file.suffix == ".arrow":
+            with pa.memory_map(str(file)) as source:
+                return pa.ipc.open_stream(source).read_all().to_pandas(), "row"
+        return pq.read_table(file).to_pandas(), "row"
+    except (ValueError, OSError, pa.ArrowException) as err:
+        raise DatasetError(f"{file} cannot be read as {file.suffix[1:]}: {err}") from err
+
+
+def _placed(table: pd.DataFrame, file: Path, row: str) -> pd.DataFrame:
+    return table.set_axis([f"{file.name} {row} {i}" for i in range(1, len(table) + 1)])
+
+
+def _read_pope_parquet(files: list[Path]) -> pd.DataFrame:
+    """POPE as published on the Hugging Face hub: parquet with id, question_id, question, answer,
+    image_source, image (the bytes inside), category; the dataset is "pope"."""
+    tables = []
+    for file in files:
+        table, row = read_table_file(file)
+        fields = ("question_id", "question", "answer", "image_source", "image", "category")
+        if missing := [f for f in fields if f not in table.columns]:
+            raise DatasetError(f"{file} lacks POPE's column(s) {missing}; it has {list(table.columns)}")
+        table = _placed(table, file, row)
+        answers = table.answer.astype(str).str.strip().str.lower()
+        bad = [f"{where}: answer {value!r} is neither yes nor no" for where, value in answers.items()
+               if value not in ("yes", "no")]  # fmt: skip
+        _stop_on(bad, str(file), "POPE's answers are yes or no")
+        images = [
+            cell if not isinstance(cell, dict) or cell.get("path") else cell | {"path": source}
+            for cell, source in zip(table.image, table.image_source.astype(str), strict=True)
+        ]  # named by image_source when the cell holds no name: the probe's splits group by it
+        rows = pd.DataFrame(
+            {
+                "question_id": "pope/" + table.category.astype(str) + "/" + table.question_id.astype(str),
+                "question": table.question.astype(str),
+                "gt_answer": answers,
+                "category": table.category.astype(str),
+                "dataset": "pope",
+            },
+            index=table.index,
+        )
+        tables.append(rows.assign(description="", has_image="True", is_relational="False", image_name=images))
+    return pd.concat(tables)
+
+
 def read_pope(path: Path) -> pd.DataFrame:
     """POPE's `coco_pope_{random,popular,adversarial}.json`: JSON Lines despite the extension, one object
     {question_id, image, text, label} per line. The file name gives the dataset ("coco_pope") and the
-    category (the split: "random"); question ids restart in every file, so an id is file/question_id."""
+    category (the split: "random"); question ids restart in every file, so an id is file/question_id.
+    Parquet files (the hub's release, images inside) are read by `_read_pope_parquet`."""
+    parquet = (
+        [path] if path.suffix == ".parquet" else sorted(path.rglob("*.parquet")) if path.is_dir() else []
+    )
+    if parquet:
+        table = _read_pope_parquet(parquet)
+        _stop_on(_repeated_ids(table, table.question_id), str(path), "give each question one id")
+        return table
     records, places, problems = [], [], []
     for file in benchmark_files(path, "*pope_*.json", "a POPE file (coco_pope_random.json) or their folder"):
         dataset, _, split = file.stem.rpartition("_")
@@ -210,7 +270,34 @@ def read_amber(path: Path) -> pd.DataFrame:
     return table
 
 
+def read_hf(path: Path) -> pd.DataFrame:
+    """A Hugging Face dataset on disk: a `save_to_disk` folder (its Arrow files, every split), parquet
+    files or JSON Lines, a file or a folder of them. Columns keep their names (`data.columns` maps them
+    to HALP's); an image column may hold paths or the images' bytes."""
+    if path.is_file():
+        files = [path]
+    else:
+        found = {
+            kind: sorted(path.rglob(f"*.{kind}")) if path.is_dir() else []
+            for kind in ("arrow", "parquet", "jsonl")
+        }
+        files = found["arrow"] or found["parquet"] or found["jsonl"]
+        if not files:
+            raise DatasetError(
+                f"{path} holds no .arrow, .parquet or .jsonl file: set data.source in params.yaml to a "
+                "save_to_disk folder, or to parquet or JSON Lines files or their folder"
+            )
+    tables = []
+    for file in files:
+        table, row = read_table_file(file)
+        text = [c for c in table.columns if not table[c].map(lambda v: isinstance(v, dict | bytes)).any()]
+        table[text] = table[text].fillna("").astype(str)
+        tables.append(_placed(table, file, row))
+    return pd.concat(tables)
+
+
 READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    "hf": read_hf,
     "pope": read_pope,
     "haloquest": read_haloquest,
     "amber": read_amber,

@@ -10,7 +10,9 @@ image loader does.
 from __future__ import annotations
 
 import errno
+import hashlib
 import stat
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 BACKGROUND = (255, 255, 255)  # what transparent pixels show
 _SIXTEEN_BIT = 65535
 NOT_FOUND = "image file not found"
+SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif"}  # else the format's name
 
 
 def image_file_problem(path: Path) -> str:
@@ -83,3 +86,39 @@ def load_image(path: str) -> Image.Image:
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"image {path} cannot be decoded ({err}); replace or remove the file") from None
+
+
+def embedded_image(value: object) -> tuple[str, bytes | None]:
+    """A dataset's image cell as (name, bytes): a path stays a name without bytes; raw bytes, or a Hugging
+    Face Image cell ({"bytes": ..., "path": ...}, what parquet and `save_to_disk` hold), bring their bytes
+    and keep the name they came with ("" when none)."""
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return str(value.get("path") or ""), bytes(value["bytes"])
+    if isinstance(value, dict):
+        return str(value.get("path") or ""), None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "", bytes(value)
+    return str(value), None
+
+
+def embedded_image_problem(data: bytes) -> str:
+    """Why bytes embedded in a dataset are no image ("" when PIL can read their header)."""
+    try:
+        with Image.open(BytesIO(data)) as image:
+            return "" if image.format else "embedded bytes of no known image format"
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return "embedded bytes that are not an image"
+
+
+def write_embedded(data: bytes, folder: Path) -> Path:
+    """The bytes as a file named by their SHA-256 in `folder` (the same bytes, the same file, written
+    once), with the extension of their format."""
+    with Image.open(BytesIO(data)) as image:
+        kind = str(image.format)
+    path = folder / f"{hashlib.sha256(data).hexdigest()}{SUFFIXES.get(kind, '.' + kind.lower())}"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(path.suffix + ".tmp")
+        temporary.write_bytes(data)
+        temporary.replace(path)
+    return path

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import shutil
 
 import numpy as np
 import pandas as pd
 
 from halp.config import DataSettings
 from halp.data.benchmarks import READERS
-from halp.data.schema import read_dataset
+from halp.data.images import write_embedded
+from halp.data.schema import ANSWERED, REQUIRED, read_dataset
 from halp.digests import file_digest
 
 log = logging.getLogger(__name__)
@@ -57,16 +59,18 @@ def sample_dataset(settings: DataSettings) -> pd.DataFrame:
     no stage reads an old sample."""
     for path in (settings.out, settings.rejected):
         path.unlink(missing_ok=True)
+    shutil.rmtree(settings.embedded_images, ignore_errors=True)  # it holds this sample's images only
     table, rejected = read_dataset(
         settings.source,
         settings.images_dir,
         settings.columns,
         settings.drop_invalid,
+        required=ANSWERED if settings.format == "hf" else REQUIRED,
         reader=READERS.get(settings.format),
     )
     for path in (settings.out, settings.rejected):
         path.parent.mkdir(parents=True, exist_ok=True)
-    rejected.to_csv(settings.rejected, index=False, lineterminator="\n")
+    rejected.drop(columns="image_bytes").to_csv(settings.rejected, index=False, lineterminator="\n")
     if len(rejected):
         log.warning("left out %d invalid rows, listed with reasons in %s", len(rejected), settings.rejected)
     if table.gt_repaired.any():
@@ -78,6 +82,11 @@ def sample_dataset(settings: DataSettings) -> pd.DataFrame:
             ", ..." if len(repaired) > 10 else "",
         )
     sample = stratified_sample(table, settings.sample_size, settings.seed)
+    settings.embedded_images.mkdir(parents=True, exist_ok=True)  # a DVC output, so there even when empty
+    embedded = sample.image_bytes.notna()
+    sample.loc[embedded, "image_path"] = [
+        str(write_embedded(data, settings.embedded_images)) for data in sample.image_bytes[embedded]
+    ]
     # The images' content, so a replaced image changes this file and DVC and `halp extract` redo it.
     sample["image_sha256"] = sample.image_path.map(file_digest)
     sample = sample[SAMPLE_COLUMNS]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from halp.data.images import NOT_FOUND, image_file_problem
+from halp.data.images import NOT_FOUND, embedded_image, embedded_image_problem, image_file_problem
 
 COLUMNS = (
     "question_id",
@@ -24,6 +25,7 @@ COLUMNS = (
     "is_relational",
 )
 REQUIRED = ("question_id", "image_name", "question", "gt_answer", "dataset", "is_relational")
+ANSWERED = REQUIRED[:4]  # what a Hugging Face dataset must hold (its name is the dataset, none relational)
 MAX_LISTED = 20
 # HALP's data says "false premises"; the demo set "false_premise": one canonical name per category.
 CATEGORY_ALIASES = {"false_premises": "false_premise"}
@@ -120,7 +122,7 @@ def read_dataset(
         )
     for optional in set(COLUMNS) - set(required):
         if optional not in table.columns:
-            table[optional] = "True" if optional == "has_image" else ""
+            table[optional] = {"has_image": "True", "dataset": csv.stem}.get(optional, "")
 
     duplicated = table[table.question_id.duplicated(keep=False)]
     if len(duplicated):
@@ -132,13 +134,28 @@ def read_dataset(
     if not with_image.all():
         log.info("%s: leaving out %d rows whose has_image is false", csv, int((~with_image).sum()))
     table = table[with_image].copy()
-    table["image_path"] = [str(images_dir / name) for name in table.image_name]
+    cells = table.image_name.map(embedded_image)  # parquet and Arrow cells may hold the image's bytes
+    table["image_bytes"] = [data for _, data in cells]
+    table["image_name"] = [  # an embedded image without a name is named by its content
+        name if name or data is None else hashlib.sha256(data).hexdigest() for name, data in cells
+    ]
+    table["image_path"] = [
+        "" if data is not None else str(images_dir / name)  # embedded images get their path when sampled
+        for name, data in zip(table.image_name, table.image_bytes, strict=True)
+    ]
     table["is_relational"] = table.is_relational.str.lower().isin(["true", "1", "yes"])
     repaired = table.gt_answer.map(repair_ground_truth)
     table["gt_answer"] = [answer for answer, _ in repaired]
     table["gt_repaired"] = [flag for _, flag in repaired]
 
-    image_problems = table.image_path.map(lambda p: image_file_problem(Path(p)))
+    image_problems = pd.Series(
+        [
+            image_file_problem(Path(path)) if data is None else embedded_image_problem(data)
+            for path, data in zip(table.image_path, table.image_bytes, strict=True)
+        ],
+        index=table.index,
+        dtype=str,
+    )
     empty = table.question.str.strip() == ""
     reasons = image_problems.where(~empty, "empty question")
     invalid = reasons != ""
@@ -150,7 +167,9 @@ def read_dataset(
             )
         for problem in sorted(set(image_problems) - {""}):
             fix = "put the image file itself at that path"
-            if problem == NOT_FOUND:
+            if problem.startswith("embedded"):
+                fix = "replace those rows' image bytes in the dataset, or drop the rows"
+            elif problem == NOT_FOUND:
                 fix = "set data.images_dir in params.yaml to the folder holding the images, or add the files"
                 if "url" in table:  # a benchmark that publishes its images as links
                     fix += f" (download each from its url into {images_dir}: halp downloads nothing)"
