@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from halp.config import DataSettings
+from halp.data.benchmarks import HALOQUEST_TYPES
 from halp.data.sample import sample_dataset
 from halp.data.schema import DatasetError
 from halp.label.judges import RulesJudge
@@ -148,8 +149,7 @@ HALOQUEST_ROWS = [
 ]
 
 
-@pytest.fixture()
-def haloquest(tmp_path):
+def write_haloquest(csv, images):
     """haloquest-eval.csv as published: an unnamed index column first, answers joined by ";"."""
     table = pd.DataFrame(
         [
@@ -165,10 +165,14 @@ def haloquest(tmp_path):
             for image, kind, question, answers in HALOQUEST_ROWS
         ]
     )
-    csv = tmp_path / "haloquest-eval.csv"
     table.to_csv(csv)
-    write_images(tmp_path / "images", ["img_0.png", "img_1.png", "img_2.png"])
-    return csv
+    write_images(images, ["img_0.png", "img_1.png", "img_2.png"])
+
+
+@pytest.fixture()
+def haloquest(tmp_path):
+    write_haloquest(tmp_path / "haloquest-eval.csv", tmp_path / "images")
+    return tmp_path / "haloquest-eval.csv"
 
 
 def test_haloquest_csv_as_published(tmp_path, haloquest):
@@ -402,24 +406,74 @@ def test_the_rules_judge_reads_each_benchmark_by_its_own_rule(category, truth, a
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("published", ["json_lines", "parquet"])
-def test_pope_through_extract_and_label_with_its_judge(workspace, published):
-    """POPE's files as published -> `halp sample` -> `halp extract` on a tiny Qwen2-VL -> `halp label`."""
-    if published == "parquet":
-        write_pope_parquet(workspace / "pope")
+@pytest.mark.parametrize("published", ["pope_json_lines", "pope_parquet", "haloquest"])
+def test_benchmark_through_extract_label_and_probe(workspace, published):
+    """A benchmark's files as published -> `halp sample` -> `halp extract` (a tiny Qwen2-VL) -> `halp label`
+    by the benchmark's own rule -> `halp probe` (whose report says why when the labels hold one class)."""
+    source = workspace / "benchmark"
+    if published == "pope_parquet":
+        write_pope_parquet(source)
+    elif published == "pope_json_lines":
+        write_pope(source)
+        write_images(workspace / "images", [f"COCO_val2014_{i:012d}.jpg" for i in range(3)])
     else:
-        write_pope(workspace / "pope")
-        write_images(workspace / "coco", [f"COCO_val2014_{i:012d}.jpg" for i in range(3)])
-    set_params(workspace, {"data.format": "pope", "data.source": "pope", "data.images_dir": "coco"})
-    for command in (["sample"], ["extract", "--model", "qwen2_vl"], ["label", "--model", "qwen2_vl"]):
-        halp(*command, cwd=workspace)
+        source.mkdir()
+        write_haloquest(source / "haloquest-eval.csv", workspace / "images")
+    data_format = published.split("_")[0]
+    set_params(
+        workspace, {"data.format": data_format, "data.source": "benchmark", "data.images_dir": "images"}
+    )
+    for command in ("sample", "extract", "label", "probe"):
+        halp(command, *([] if command == "sample" else ["--model", "qwen2_vl"]), cwd=workspace)
+    sample = pd.read_csv(workspace / "sampled" / "samples.csv", keep_default_na=False)
     meta = open_embeddings(workspace / "embeddings" / "qwen2_vl").meta.set_index("sample_id")
     labels = pd.read_csv(workspace / "data" / "labels" / "qwen2_vl.csv").set_index("sample_id")
-    assert len(labels) == 12 and set(meta.source) == {"coco_pope" if published == "json_lines" else "pope"}
-    assert set(labels.category) == {"random", "popular", "adversarial"}
+    assert sorted(labels.index) == sorted(sample.question_id) and set(meta.source) == set(sample.dataset)
+    assert (
+        set(labels.category)
+        == set(sample.category)
+        == ({"random", "popular", "adversarial"} if data_format == "pope" else set(HALOQUEST_TYPES))
+    )
     for sample_id, row in labels.iterrows():
         truth = meta.ground_truth[sample_id]
-        assert truth in ("yes", "no")
         expected = RulesJudge()(meta.question[sample_id], meta.answer[sample_id], truth, row.category)
         assert (row.hallucinated, row.reason) == (expected.hallucinated, expected.reason)
-        assert row.reason == "unanswered: neither yes nor no" or row.reason.endswith(f"truth is {truth}")
+    report = json.loads((workspace / "metrics" / "probes" / "qwen2_vl.json").read_text())
+    assert report["n_samples"] == len(sample) and report["status"] in ("ok", "degenerate")
+
+
+@pytest.mark.slow
+def test_amber_through_extract_label_and_probe(workspace):
+    """AMBER as published through every stage a probe needs, on a tiny Qwen2-VL: its random answers name
+    none of a description's absent objects (correct) and answer no yes/no question (hallucinated), so
+    both classes reach the probe."""
+    data = workspace / "AMBER" / "data"
+    (data / "query").mkdir(parents=True)
+    images = [f"AMBER_{i}.jpg" for i in range(10)]
+    queries = [{"id": i, "image": images[i % 10], "query": "Describe this image."} for i in range(1, 21)]
+    queries += [{"id": 1004 + i, "image": images[i % 10], "query": "Is there a car?"} for i in range(1, 21)]
+    annotations = amber_annotations()[:1004]
+    annotations += [
+        {"id": 1004 + i, "type": "discriminative-hallucination", "truth": "no"} for i in range(1, 21)
+    ]
+    (data / "query" / "query_all.json").write_text(json.dumps(queries))
+    (data / "annotations.json").write_text(json.dumps(annotations))
+    write_images(workspace / "amber_images", images)
+    set_params(
+        workspace,
+        {
+            "data.format": "amber",
+            "data.source": "AMBER/data",
+            "data.images_dir": "amber_images",
+            "data.sample_size": 40,
+        },
+    )
+    for command in ("sample", "extract", "label", "probe"):
+        halp(command, *([] if command == "sample" else ["--model", "qwen2_vl"]), cwd=workspace)
+    labels = pd.read_csv(workspace / "data" / "labels" / "qwen2_vl.csv")
+    generative = labels[labels.category == "generative"]
+    assert len(labels) == 40 and generative.reason.str.startswith("names").all()
+    assert labels.hallucinated.nunique() == 2, labels.reason.value_counts()
+    report = json.loads((workspace / "metrics" / "probes" / "qwen2_vl.json").read_text())
+    assert report["status"] == "ok" and report["n_samples"] == 40
+    assert report["transfer"]["dataset"]["skipped_because"] == "one group only (amber)"
