@@ -190,6 +190,19 @@ def _export(params: Params, args: argparse.Namespace) -> None:
     log.info("per-question export -> %s", out)
 
 
+def _modules(params: Params, args: argparse.Namespace) -> None:
+    from halp.models.modules import matching, model_modules, patterns
+
+    modules = model_modules(params.model(args.model))
+    if args.match:
+        for glob, names in matching(modules, args.match, args.model).items():
+            print(f"{glob}: {len(names)} modules")
+            print("\n".join(f"  {name}  ({modules[name]})" for name in names))
+        return
+    for pattern, count, kinds in patterns(modules):
+        print(f"{pattern}  ({count} x {kinds})" if count > 1 else f"{pattern}  ({kinds})")
+
+
 def _bench(params: Params, args: argparse.Namespace) -> None:
     from halp.bench import benchmark
 
@@ -287,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", required=True)
     export.add_argument("--layout", choices=["per-question"], default="per-question")
     export.add_argument("--out", type=Path, help="output file (default: data/export/<model>.h5)")
+    modules = command(
+        "modules",
+        _modules,
+        "the model's module names (block numbers as *), from its config alone: no weights are loaded",
+    )
+    modules.add_argument("--model", required=True)
+    modules.add_argument("--match", action="append", help="only the modules this glob names (repeatable)")
     bench = command("bench", _bench, "seed-style loop vs the engine on the same samples and model")
     bench.add_argument("--model", required=True)
     bench.add_argument("--n", type=int, default=32, help="samples to time")

@@ -63,9 +63,10 @@ def pick_attention(setting: str, device: torch.device, adapter: Adapter) -> str:
     return "flash_attention_2" if device.type == "cuda" and flash else "sdpa"
 
 
-def read_config(settings: ModelSettings) -> tuple[PretrainedConfig, Adapter]:
-    """The model's config and adapter, without loading any weights; a local folder is checked whole, so a
-    missing or cut-off file is named before the run rather than failing every sample."""
+def read_config(settings: ModelSettings, whole_folder: bool = True) -> tuple[PretrainedConfig, Adapter]:
+    """The model's config and adapter, without loading any weights; a local folder is checked whole (unless
+    the config is all that is asked for), so a missing or cut-off file is named before the run rather
+    than failing every sample."""
     try:
         config = AutoConfig.from_pretrained(settings.model, revision=settings.revision)
     except OSError as err:
@@ -75,7 +76,7 @@ def read_config(settings: ModelSettings) -> tuple[PretrainedConfig, Adapter]:
             "(offline: download it first, e.g. `hf download ID`)."
         ) from err
     adapter = adapter_for(config.model_type, settings.model)
-    if Path(settings.model).is_dir():
+    if whole_folder and Path(settings.model).is_dir():
         check_model_folder(Path(settings.model))
     return config, adapter
 
