@@ -64,7 +64,7 @@ def settings(tmp_path, data_format, source, **kw):
         out=out / "samples.csv",
         rejected=out / "rejected.csv",
         sample_size=kw.pop("sample_size", 1000),
-        **kw,
+        **{"embedded_images": out / "images"} | kw,
     )
 
 

@@ -38,7 +38,12 @@ def dataset(tmp_path):
 def settings(csv, images, tmp_path, **kw):
     out = tmp_path / "out"
     return DataSettings(
-        source=csv, images_dir=images, out=out / "samples.csv", rejected=out / "rejected.csv", **kw
+        source=csv,
+        images_dir=images,
+        out=out / "samples.csv",
+        rejected=out / "rejected.csv",
+        embedded_images=out / "images",
+        **kw,
     )
 
 
