@@ -30,6 +30,9 @@ from halp.store.parts import (
 )
 
 log = logging.getLogger(__name__)
+# Text as Python strings: with pyarrow installed pandas keeps str columns in Arrow, which refuses the lone
+# surrogates a model's answer may hold (a byte-level tokenizer's cut character), and stored text must read.
+TEXT = pd.StringDtype("python", na_value=np.nan)
 
 
 class Parts:
@@ -96,7 +99,11 @@ class Parts:
         frames = []
         for i, part in enumerate(self.parts):
             with open_part(part) as f:
-                columns = {c: read_text(f[f"meta/{c}"]) for c in self.schema.text if f"meta/{c}" in f}
+                columns = {
+                    c: pd.array(read_text(f[f"meta/{c}"]), dtype=TEXT)
+                    for c in self.schema.text
+                    if f"meta/{c}" in f
+                }
                 columns |= {c: f[f"meta/{c}"][()] for c in self.schema.ints if f"meta/{c}" in f}
             frame = pd.DataFrame(columns)
             if "gt_repaired" in frame:
