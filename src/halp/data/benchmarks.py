@@ -55,6 +55,14 @@ def _repeated_ids(table: pd.DataFrame, ids: pd.Series) -> list[str]:
     ]
 
 
+def _field_problem(item: object, fields: tuple[str, ...], what: str) -> str:
+    """Why `item` is no JSON object holding `fields` ("" when it is one)."""
+    if not isinstance(item, dict):
+        return f"is not an object; {what} holds {', '.join(fields)}"
+    missing = [f for f in fields if f not in item]
+    return f"lacks {missing}; {what} holds {', '.join(fields)}" if missing else ""
+
+
 def _schema_rows(table: pd.DataFrame) -> pd.DataFrame:
     """HALP's columns from a reader's: no description, every row with its image, none relational."""
     return table.astype(str).assign(description="", has_image="True", is_relational="False")
@@ -106,7 +114,7 @@ def _read_pope_parquet(files: list[Path]) -> pd.DataFrame:
             },
             index=table.index,
         )
-        tables.append(rows.assign(description="", has_image="True", is_relational="False", image_name=images))
+        tables.append(_schema_rows(rows).assign(image_name=images))
     return pd.concat(tables)
 
 
@@ -135,9 +143,8 @@ def read_pope(path: Path) -> pd.DataFrame:
                 except json.JSONDecodeError as err:
                     problems.append(f"{where}: not a JSON object ({err.msg}, column {err.colno})")
                     continue
-                if not isinstance(item, dict) or (missing := [f for f in POPE_FIELDS if f not in item]):
-                    lacks = "is not an object" if not isinstance(item, dict) else f"lacks {missing}"
-                    problems.append(f"{where}: {lacks}; a POPE line holds {', '.join(POPE_FIELDS)}")
+                if problem := _field_problem(item, POPE_FIELDS, "a POPE line"):
+                    problems.append(f"{where}: {problem}")
                     continue
                 if (label := str(item["label"]).strip().lower()) not in ("yes", "no"):
                     problems.append(f"{where}: label {item['label']!r} is neither yes nor no")
@@ -239,9 +246,8 @@ def read_amber(path: Path) -> pd.DataFrame:
     records, places, problems = [], [], []
     for position, item in enumerate(queries, start=1):
         where = f"{query.name} item {position}"
-        if not isinstance(item, dict) or (missing := [f for f in AMBER_QUERY_FIELDS if f not in item]):
-            lacks = "is not an object" if not isinstance(item, dict) else f"lacks {missing}"
-            problems.append(f"{where}: {lacks}; a query holds {', '.join(AMBER_QUERY_FIELDS)}")
+        if problem := _field_problem(item, AMBER_QUERY_FIELDS, "a query"):
+            problems.append(f"{where}: {problem}")
             continue
         key = item["id"]
         found = annotations[key - 1] if isinstance(key, int) and 0 < key <= len(annotations) else None

@@ -103,8 +103,8 @@ class RulesJudge:
             if said is None:
                 return Verdict(True, "unanswered: neither yes nor no")
             return Verdict(said != truth, f"says {said}, truth is {truth}")
-        accepted = [a for a in map(normalise, ground_truth.split(";")) if a]
-        found = next((a for a in accepted if f" {a} " in f" {normalise(answer)} "), None)
+        accepted, words = [a for a in map(normalise, ground_truth.split(";")) if a], f" {normalise(answer)} "
+        found = next((a for a in accepted if f" {a} " in words), None)
         if len(accepted) < 2:
             return Verdict(not found, "ground truth in answer" if found else "ground truth not in answer")
         if found:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections import Counter
 from fnmatch import fnmatchcase
 
 import torch
@@ -32,12 +31,10 @@ def as_pattern(name: str) -> str:
 
 def patterns(modules: dict[str, str]) -> list[tuple[str, int, str]]:
     """Each distinct pattern once, in order: (pattern, how many modules it names, their classes)."""
-    counts = Counter(as_pattern(name) for name in modules)
-    classes: dict[str, list[str]] = {}
+    kinds: dict[str, list[str]] = {}
     for name, kind in modules.items():
-        if kind not in classes.setdefault(as_pattern(name), []):
-            classes[as_pattern(name)].append(kind)
-    return [(pattern, counts[pattern], ", ".join(kinds)) for pattern, kinds in classes.items()]
+        kinds.setdefault(as_pattern(name), []).append(kind)
+    return [(pattern, len(each), ", ".join(dict.fromkeys(each))) for pattern, each in kinds.items()]
 
 
 def matching(modules: dict[str, str], globs: list[str], model: str) -> dict[str, list[str]]:
