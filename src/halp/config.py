@@ -221,6 +221,11 @@ class ModelSettings(_Section):
     checkpoint_interval: int = Field(256, ge=1)
     max_new_tokens: int = Field(32, ge=1)
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    image_attention: bool = Field(
+        False,
+        description="also store the vision and query tokens' attention to the image tokens per layer and "
+        "head (share and entropy), under any attention kernel",
+    )
 
     @field_validator("device")
     @classmethod

@@ -8,6 +8,7 @@ move while the version stays. DVC reads this file's plain assignments as params:
 """
 
 EXTRACTION = 1  # halp extract: VF, VT, QT, answers, first-token log-probs
+IMAGE_ATTENTION = 1  # halp extract with image_attention on: attention to the image per layer and head
 VISION_TOKENS = 1  # halp vision-tokens: every image token's statistics (and vectors)
 BANK = 1  # halp contextual-bank: the corpus's contextual embeddings
 LENS = 1  # halp lens: each image token's readings under the three lenses

@@ -94,6 +94,39 @@ def test_changed_layers_remove_stale_parts(workspace):
             assert list(f.attrs["layers"]) == [1]
 
 
+def test_image_attention_is_stored_only_when_on_and_off_again_is_the_old_configuration(workspace):
+    """On: a new configuration (the parts re-extracted), every stored number the same as without, plus the
+    attention arrays, read per layer as [N, heads]. Off: exactly the configuration it was before."""
+    model = "qwen2_vl"
+    set_params(workspace, {"data.sample_size": 6})
+    halp("sample", cwd=workspace)
+    folder = workspace / "embeddings" / model
+    halp("extract", "--model", model, cwd=workspace)
+    plain = open_embeddings(folder)
+    plain_hash, plain_arrays = plain.attrs["config_hash"], all_arrays(folder)
+    with pytest.raises(
+        KeyError, match=f"image_attention: true in params.yaml and run `halp extract --model {model}"
+    ):
+        plain.get("image_attention", plain.layers[0])
+
+    set_params(workspace, {f"models.{model}.image_attention": True})
+    result = halp("extract", "--model", model, cwd=workspace)
+    assert "extracted with another configuration" in result.stderr
+    emb = open_embeddings(folder)
+    assert emb.attrs["config_hash"] != plain_hash
+    for name, values in all_arrays(folder).items():
+        np.testing.assert_array_equal(values, plain_arrays[name], err_msg=name)
+    heads = 4
+    for layer in emb.layers:
+        share = emb.get("image_attention", layer)
+        assert share.shape == (6, heads) and ((share > 0) & (share < 1)).all()
+        assert emb.get("vision_token_image_attention_entropy", layer).shape == (6, heads)
+
+    set_params(workspace, {f"models.{model}.image_attention": False})
+    halp("extract", "--model", model, cwd=workspace)
+    assert open_embeddings(folder).attrs["config_hash"] == plain_hash
+
+
 def test_faulty_images_become_error_rows_and_the_run_goes_on(workspace):
     model = "qwen2_vl"
     samples = pd.read_csv(workspace / "sampled/samples.csv", dtype=str, keep_default_na=False).head(6)

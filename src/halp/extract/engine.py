@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,9 +15,11 @@ from torch import Tensor
 from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList
 
 from halp.config import ConfigError, ModelSettings
+from halp.extract.attention import ENTROPY, SHARE, watching
 from halp.extract.capture import at_positions, capture_first_call
 from halp.models.layers import resolve_layers
 from halp.models.loading import LoadedModel
+from halp.store.parts import IMAGE_ATTENTION
 
 VISION = "vision_encoder"
 FIRST_TOKEN = "first_token"
@@ -38,6 +41,17 @@ class BatchOutput:
     n_image_tokens: np.ndarray  # [B]
     n_generated_tokens: np.ndarray  # [B], up to and including the first end-of-sequence token
     answers: list[str]
+    # the IMAGE_ATTENTION arrays, each [B, n_layers, heads], when asked for
+    image_attention: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+VT_ROW, QT_ROW = 0, 1  # the query rows whose attention to the image is kept
+# stored name -> (query row, statistic) of the [B, n_layers, rows, statistics, heads] computed
+ATTENTION_LAYOUT = dict(
+    zip(
+        IMAGE_ATTENTION, [(QT_ROW, SHARE), (QT_ROW, ENTROPY), (VT_ROW, SHARE), (VT_ROW, ENTROPY)], strict=True
+    )
+)
 
 
 def token_positions(input_ids: Tensor, attention_mask: Tensor, image_token_id: int) -> tuple[Tensor, Tensor]:
@@ -89,8 +103,10 @@ class Extractor:
         max_new_tokens: int,
         top_k: int,
         pin_memory: bool = False,
+        image_attention: bool = False,
     ):
         self.loaded = loaded
+        self.image_attention = image_attention
         self.layers = list(layers)
         self.max_new_tokens = max_new_tokens
         vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
@@ -119,7 +135,14 @@ class Extractor:
     ) -> Extractor:
         """The extractor a `models` entry describes, its layers resolved against this model's depth."""
         layers = resolve_layers(settings.layers, loaded.n_blocks, settings.model)
-        return cls(loaded, layers, max_new_tokens or settings.max_new_tokens, top_k, pin_memory)
+        return cls(
+            loaded,
+            layers,
+            max_new_tokens or settings.max_new_tokens,
+            top_k,
+            pin_memory,
+            settings.image_attention,
+        )
 
     def prepare(self, images: Sequence[Image], questions: Sequence[str]) -> BatchFeature:
         """The model's inputs on the CPU; safe to call from a background thread while `run` works."""
@@ -176,7 +199,17 @@ class Extractor:
             model.get_output_embeddings(),
             lambda logits: torch.log_softmax(logits[:, -1].float(), dim=-1).topk(self.top_k, dim=-1),
         )
-        with capture_first_call(hooks) as captured:
+        attention = (
+            watching(
+                {k: blocks[k] for k in self.layers},
+                adapter.cross_attention,
+                wanted,
+                ids == self.image_token_id,
+            )
+            if self.image_attention
+            else nullcontext({})
+        )
+        with capture_first_call(hooks) as captured, attention as attended:
             if after_prefill is not None:
                 stop = _AfterPrefill(lambda: after_prefill(self._representations(captured, batch)))
                 generate_kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
@@ -199,7 +232,15 @@ class Extractor:
             n_image_tokens=(ids == self.image_token_id).sum(dim=1).cpu().numpy(),
             n_generated_tokens=_count_until_eos(generated, self.eos_ids).cpu().numpy(),
             answers=self._decode(generated),
+            image_attention=self._image_attention(attended),
         )
+
+    def _image_attention(self, attended: dict[int, Tensor]) -> dict[str, np.ndarray]:
+        """The watched layers' [B, rows, statistics, heads] as the stored arrays [B, n_layers, heads]."""
+        if not attended:
+            return {}
+        stacked = torch.stack([attended[k] for k in self.layers], dim=1).cpu().numpy()
+        return {name: stacked[:, :, row, statistic] for name, (row, statistic) in ATTENTION_LAYOUT.items()}
 
     @torch.inference_mode()
     def image_tokens(self, inputs: BatchFeature) -> list[np.ndarray]:

@@ -106,6 +106,7 @@ class ExtractionRun:
             self.settings.max_new_tokens,
             self.top_k,
             pin_memory=self.prefetch,
+            image_attention=self.settings.image_attention,
         )
         self.layers = self.extractor.layers
         self.config_hash = config_hash(self._identity())
@@ -131,7 +132,7 @@ class ExtractionRun:
             "storage_dtype": self.settings.storage_dtype,
             "max_new_tokens": self.settings.max_new_tokens,
             "top_k": self.top_k,
-        }
+        } | ({"image_attention": versions.IMAGE_ATTENTION} if self.settings.image_attention else {})
 
     def _attrs(self) -> dict:
         return {
@@ -173,7 +174,8 @@ class ExtractionRun:
         """(meta, arrays) of each stored row of a batch."""
         self.vision_dim = out.vision_only.shape[1]
         for i, (_, row) in enumerate(rows.iterrows()):
-            yield _meta(row, out, i), {name: getattr(out, name)[i] for name in ARRAYS}
+            arrays = {name: getattr(out, name)[i] for name in ARRAYS}
+            yield _meta(row, out, i), arrays | {name: a[i] for name, a in out.image_attention.items()}
 
     def _keep(self, rows: pd.DataFrame, out: Any) -> None:
         kept = list(self._rows(rows, out))

@@ -137,7 +137,7 @@ def run_over_images(
     weights load); the finished run on the main process, None on the others."""
     settings = params.model(model_name)
     _, adapter = read_config(settings)
-    if not adapter.image_in_decoder:
+    if adapter.cross_attention is not None:
         raise ConfigError(
             f"{model_name} feeds the image to its decoder through cross-attention layers, not as tokens: "
             f"there are no vision tokens to read. Leave it out of lens.models in {params._source}."

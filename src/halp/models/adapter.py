@@ -51,7 +51,9 @@ class Adapter:
     auto_class: type = AutoModelForImageTextToText
     nest_images: bool = False  # the processor wants one list of images per prompt
     flash_attention: bool = True  # False: flash-attention-2 would drop a mask the model needs
-    image_in_decoder: bool = True  # False: the image enters through cross-attention, not as tokens
+    # a block's cross-attention module, by attribute, where the image enters through cross-attention blocks
+    # instead of as tokens in the decoder (Mllama); None: it is tokens
+    cross_attention: str | None = None
     token_grid: TokenGrid | None = None  # where the processor lays the image tokens out on a grid
     after_load: AfterLoad | None = None
 

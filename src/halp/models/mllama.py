@@ -31,5 +31,5 @@ MLLAMA = Adapter(
         {k: inputs[k] for k in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")},
     ),
     nest_images=True,
-    image_in_decoder=False,
+    cross_attention="cross_attn",
 )

@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # 2: text as UTF-8 bytes; errors carry their kind and input hash
 REPRESENTATIONS = ("vision_only", "vision_token", "query_token")
 ARRAYS = (*REPRESENTATIONS, "first_token_logprobs", "first_token_ids")
+# Stored only when a model's `image_attention` is on, each [n, n_layers, heads]: the query token's share
+# of attention on the image tokens and the entropy of its attention over them, then the same for the
+# vision token.
+IMAGE_ATTENTION = (
+    "image_attention",
+    "image_attention_entropy",
+    "vision_token_image_attention",
+    "vision_token_image_attention_entropy",
+)
+LAYERED = (*REPRESENTATIONS[1:], *IMAGE_ATTENTION)  # read one layer at a time
 TEXT_COLUMNS = (
     "sample_id", "image_id", "image_sha256", "question", "ground_truth", "source", "category", "answer"
 )  # fmt: skip
@@ -47,7 +57,9 @@ class Schema:
     ragged_rows: str = ""
 
 
-EMBEDDINGS = Schema(TEXT_COLUMNS, INT_COLUMNS, ARRAYS, floats=REPRESENTATIONS)
+EMBEDDINGS = Schema(
+    TEXT_COLUMNS, INT_COLUMNS, (*ARRAYS, *IMAGE_ATTENTION), floats=(*REPRESENTATIONS, *IMAGE_ATTENTION)
+)
 # One row per image (its sample_id is the image's name): statistics [1 + n_layers, n_statistics] and, when
 # asked for, every image token's vector, [n_image_tokens, 1 + n_layers, H] per image, concatenated.
 VISION_TOKENS = Schema(

@@ -18,9 +18,10 @@ from halp.store.parts import (
     BANK,
     EMBEDDINGS,
     ERROR_COLUMNS,
+    IMAGE_ATTENTION,
+    LAYERED,
     LENS,
     MANIFEST,
-    REPRESENTATIONS,
     VISION_TOKENS,
     Schema,
     open_part,
@@ -170,18 +171,27 @@ class Embeddings(Parts):
     """A model's extracted representations (`halp extract`)."""
 
     def get(self, representation: str, layer: int | None = None) -> np.ndarray:
-        """[N, D] for `vision_only` (no layer), or [N, H] for `vision_token` / `query_token` at a layer.
+        """[N, D] for `vision_only` (no layer), or [N, H] for `vision_token` / `query_token` at a layer;
+        [N, heads] for `image_attention` and its companions at a layer, where they were extracted.
 
         Other stored arrays (`first_token_logprobs`, `first_token_ids`) are read the same way, without layer.
         """
-        layered = representation in REPRESENTATIONS[1:]
+        layered = representation in LAYERED
         if layered and layer not in self.layers:
             raise KeyError(f"layer {layer} was not extracted; stored layers: {self.layers}")
 
         def read(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
             return (dataset[:, self.layers.index(layer)] if layered else dataset[()])[rows]
 
-        return self._gather(representation, read)
+        try:
+            return self._gather(representation, read)
+        except KeyError:
+            if representation not in IMAGE_ATTENTION:
+                raise
+            raise KeyError(
+                f"{self.folder} was extracted without image attention: set models.{self.folder.name}."
+                f"image_attention: true in params.yaml and run `{self.rerun}` again"
+            ) from None
 
 
 class ImageParts(Parts):
