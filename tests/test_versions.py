@@ -24,6 +24,7 @@ from halp.lens.bank import build_bank
 from halp.lens.lens_run import lens
 from halp.lens.run import vision_tokens
 from halp.store import open_bank, open_embeddings, open_lens, open_vision_tokens
+from halp.store.parts import IMAGE_ATTENTION
 from tests.conftest import make_workspace, set_params
 
 REFERENCE = Path(__file__).parent / "versions" / "reference.json"
@@ -53,6 +54,14 @@ def _extraction(params) -> dict:
     return {"numbers": numbers, "exact": exact}
 
 
+def _image_attention(params) -> dict:
+    emb = open_embeddings(params.extract.out_dir / MODEL)
+    numbers = {
+        f"{name}/{layer}": _summary(emb.get(name, layer)) for name in IMAGE_ATTENTION for layer in emb.layers
+    }
+    return {"numbers": numbers, "exact": {}}
+
+
 def _vision_tokens(params) -> dict:
     table = open_vision_tokens(params.lens.out_dir / MODEL).statistics()
     stats = table.drop(columns=["image_id", "layer"]).astype(np.float64)
@@ -75,10 +84,12 @@ def _lens(params) -> dict:
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory, tiny_dir) -> dict:
-    """Each versioned stage once on tiny Qwen2-VL: 6 samples, their images, a 24-sentence corpus."""
+    """Each versioned stage once on tiny Qwen2-VL: 6 samples, their images, a 24-sentence corpus; the
+    extraction with image attention on."""
     folder = make_workspace(tmp_path_factory.mktemp("versions"), tiny_dir, sample_size=6)
     corpus = write_demo_corpus(folder / "corpus.txt", n_sentences=24, seed=0)
     set_params(folder, {"lens": {"corpus": str(corpus), "max_per_token": 4, "layers": [0, -1]}})
+    set_params(folder, {f"models.{MODEL}.image_attention": True})  # stores the same VF, VT, QT as without
     before = Path.cwd()
     os.chdir(folder)
     try:
@@ -89,6 +100,7 @@ def observed(tmp_path_factory, tiny_dir) -> dict:
         lens(params, MODEL)
         return {
             "EXTRACTION": _extraction(params),
+            "IMAGE_ATTENTION": _image_attention(params),
             "VISION_TOKENS": _vision_tokens(params),
             "BANK": _bank(params),
             "LENS": _lens(params),
@@ -105,7 +117,7 @@ def reference(observed) -> dict:
     return json.loads(REFERENCE.read_text())
 
 
-@pytest.mark.parametrize("stage", ["EXTRACTION", "VISION_TOKENS", "BANK", "LENS"])
+@pytest.mark.parametrize("stage", ["EXTRACTION", "IMAGE_ATTENTION", "VISION_TOKENS", "BANK", "LENS"])
 def test_stored_numbers_move_only_with_a_version_bump(stage, observed, reference):
     expected, got, version = reference[stage], observed[stage], getattr(versions, stage)
     rewrite = "rewrite tests/versions/reference.json: HALP_WRITE_REFERENCE=1 pytest tests/test_versions.py"

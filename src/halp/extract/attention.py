@@ -50,32 +50,53 @@ def visible_bias(
     return torch.where(visible, 0.0, MASKED)
 
 
-def image_attention(
-    query: Tensor,
-    key: Tensor,
-    bias: Tensor,
-    rows: Tensor,
-    image_keys: Tensor | None,
-    scaling: float | None = None,
-    softcap: float | None = None,
+def row_scores(
+    query: Tensor, key: Tensor, rows: Tensor, scaling: float | None = None, softcap: float | None = None
 ) -> Tensor:
-    """[B, R, 2, heads]: for each kept query row (`rows` [B, R]) and head, the share of its attention on
-    image keys and the entropy (nats) of its attention over the image keys, renormalised to sum to 1 (0
-    where no image key is visible). `image_keys` [B, K] marks them; None: every key is the image's (a
-    cross-attention block). Grouped-query heads share their key head, as the kernels do."""
+    """[B, heads, R, K] float32: the kept query rows' (`rows` [B, R]) attention scores before the mask,
+    q k^T * scaling (softcapped where the model caps them); grouped-query heads share their key head, as
+    the kernels do."""
     batch, heads, _, dim = query.shape
-    kv_heads = key.shape[1]
-    q = _rows_of(query, rows).float().reshape(batch, kv_heads, -1, dim)  # [B, KVH, groups * R, D]
-    scores = (q @ key.float().transpose(-1, -2)).view(batch, heads, rows.shape[1], -1)  # [B, H, R, K]
-    scores = scores * (dim**-0.5 if scaling is None else scaling)
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
-    weights = (scores + bias.to(scores.device)).softmax(dim=-1)
+    q = _rows_of(query, rows).float().reshape(batch, key.shape[1], -1, dim)  # [B, KVH, groups * R, D]
+    scores = (q @ key.float().transpose(-1, -2)).view(batch, heads, rows.shape[1], -1)
+    scores *= dim**-0.5 if scaling is None else scaling
+    return scores if softcap is None else softcap * torch.tanh(scores / softcap)
+
+
+def image_attention(scores: Tensor, bias: Tensor, image_keys: Tensor | None) -> Tensor:
+    """[..., B, R, 2, heads] from scores [..., B, heads, R, K] and their additive mask: for each row and
+    head, the share of its attention on image keys and the entropy (nats) of its attention over the image
+    keys, renormalised to sum to 1 (0 where no image key is visible). `image_keys` [B, K] marks them;
+    None: every key is the image's (a cross-attention block)."""
+    weights = (scores + bias).softmax(dim=-1)
     on_image = weights if image_keys is None else weights * image_keys[:, None, None, :].to(weights)
-    share = on_image.sum(dim=-1)  # [B, H, R]
+    share = on_image.sum(dim=-1)  # [..., B, H, R]
     within = on_image / share.clamp_min(torch.finfo(torch.float32).tiny)[..., None]
-    entropy = torch.special.entr(within).sum(dim=-1)
-    return torch.stack([share, entropy], dim=-1).permute(0, 2, 3, 1)  # [B, R, 2, H]
+    entropy = -torch.xlogy(within, within).sum(dim=-1)
+    return torch.stack([share, entropy], dim=-1).movedim(-3, -1)
+
+
+class Watched:
+    """What the watched layers' first attention calls kept: their rows' scores and masks. The rest of the
+    computation runs once for all layers (`statistics`), not once per layer inside the forward."""
+
+    def __init__(self, is_image: Tensor):
+        self.is_image = is_image  # [B, S]
+        self.kept: dict[int, tuple[Tensor, Tensor, bool]] = {}  # layer -> (scores, bias, cross-attention)
+
+    def statistics(self, layers: list[int]) -> Tensor:
+        """[B, n_layers, R, 2, heads], `image_attention` of each of `layers`, in order."""
+        groups: dict[tuple[int, bool], list[int]] = {}  # layers of one key length and kind stack
+        for k in layers:
+            scores, _, cross = self.kept[k]
+            groups.setdefault((scores.shape[-1], cross), []).append(k)
+        out: dict[int, Tensor] = {}
+        for (_, cross), group in groups.items():
+            scores = torch.stack([self.kept[k][0] for k in group])
+            bias = torch.stack([self.kept[k][1].expand_as(self.kept[k][0]) for k in group])
+            image = None if cross else self.is_image.to(scores.device)
+            out |= dict(zip(group, image_attention(scores, bias.to(scores.device), image), strict=True))
+        return torch.stack([out[k] for k in layers], dim=1)
 
 
 AttentionFunction = Callable[..., tuple[Tensor, Tensor | None]]
@@ -84,41 +105,37 @@ AttentionFunction = Callable[..., tuple[Tensor, Tensor | None]]
 @contextmanager
 def watching(
     blocks: Mapping[int, nn.Module], cross_attention: str | None, rows: Tensor, is_image: Tensor
-) -> Iterator[dict[int, Tensor]]:
-    """Inside, the first attention call of each block in `blocks` (index -> block) stores
-    `image_attention` [B, R, 2, heads] under its index, for the query rows `rows` [B, R] and the image keys
-    `is_image` [B, S]; in a block's `cross_attention` submodule every key is the image's. Every other call
-    (vision encoder, decode steps) only runs the real kernel. The library's lookup is restored on exit."""
+) -> Iterator[Watched]:
+    """Inside, the first attention call of each block in `blocks` (index -> block) keeps its scores and
+    mask for the query rows `rows` [B, R]; `Watched.statistics` then gives `image_attention` with the image
+    keys `is_image` [B, S] (in a block's `cross_attention` submodule every key is the image's). Every other
+    call (vision encoder, decode steps) only runs the real kernel. The library's lookup comes back on exit."""
     watched: dict[nn.Module, tuple[int, bool]] = {}
     for k, block in blocks.items():
         cross = (
             set(getattr(block, cross_attention).modules()) if hasattr(block, cross_attention or "") else ()
         )
         watched |= {module: (k, module in cross) for module in block.modules()}
-    found: dict[int, Tensor] = {}
+    found = Watched(is_image)
+    # Layers handed the same mask share its rows' bias; the mask is kept with it, so its id stays its own.
+    biases: dict[tuple, tuple[Tensor | None, Tensor]] = {}
+
+    def bias_of(mask: Tensor | None, n_keys: int, causal: bool, sliding_window: int | None) -> Tensor:
+        key = (id(mask), n_keys, causal, sliding_window)
+        if key not in biases:
+            biases[key] = (mask, visible_bias(mask, rows, n_keys, causal, sliding_window))
+        return biases[key][1]
 
     def wrap(kernel: AttentionFunction) -> AttentionFunction:
         def attention(module, query, key, value, attention_mask=None, *args, **kwargs):
             place = watched.get(module)
-            if place is not None and place[0] not in found:
+            if place is not None and place[0] not in found.kept:
                 layer, cross = place
                 causal = kwargs.get("is_causal")
-                bias = visible_bias(
-                    attention_mask,
-                    rows,
-                    key.shape[2],
-                    causal=not cross and (getattr(module, "is_causal", True) if causal is None else causal),
-                    sliding_window=kwargs.get("sliding_window"),
-                )
-                found[layer] = image_attention(
-                    query,
-                    key,
-                    bias,
-                    rows,
-                    None if cross else is_image,
-                    scaling=kwargs.get("scaling"),
-                    softcap=kwargs.get("softcap"),
-                )
+                causal = not cross and (getattr(module, "is_causal", True) if causal is None else causal)
+                bias = bias_of(attention_mask, key.shape[2], causal, kwargs.get("sliding_window"))
+                scores = row_scores(query, key, rows, kwargs.get("scaling"), kwargs.get("softcap"))
+                found.kept[layer] = (scores, bias, cross)
             return kernel(module, query, key, value, attention_mask, *args, **kwargs)
 
         return attention

@@ -15,7 +15,7 @@ from torch import Tensor
 from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList
 
 from halp.config import ConfigError, ModelSettings
-from halp.extract.attention import ENTROPY, SHARE, watching
+from halp.extract.attention import ENTROPY, SHARE, Watched, watching
 from halp.extract.capture import at_positions, capture_first_call
 from halp.models.layers import resolve_layers
 from halp.models.loading import LoadedModel
@@ -207,7 +207,7 @@ class Extractor:
                 ids == self.image_token_id,
             )
             if self.image_attention
-            else nullcontext({})
+            else nullcontext(None)
         )
         with capture_first_call(hooks) as captured, attention as attended:
             if after_prefill is not None:
@@ -235,11 +235,11 @@ class Extractor:
             image_attention=self._image_attention(attended),
         )
 
-    def _image_attention(self, attended: dict[int, Tensor]) -> dict[str, np.ndarray]:
-        """The watched layers' [B, rows, statistics, heads] as the stored arrays [B, n_layers, heads]."""
-        if not attended:
+    def _image_attention(self, attended: Watched | None) -> dict[str, np.ndarray]:
+        """The watched layers' statistics as the stored arrays, each [B, n_layers, heads]."""
+        if attended is None:
             return {}
-        stacked = torch.stack([attended[k] for k in self.layers], dim=1).cpu().numpy()
+        stacked = attended.statistics(self.layers).cpu().numpy()  # [B, n_layers, rows, statistics, heads]
         return {name: stacked[:, :, row, statistic] for name, (row, statistic) in ATTENTION_LAYOUT.items()}
 
     @torch.inference_mode()
