@@ -24,11 +24,11 @@ from halp.probe.risk_coverage import GRID, risk_coverage
 from halp.probe.run import load_labelled, probe_grid, probe_model
 from halp.probe.splits import grouped_splits
 from halp.report.probes import breakdown, table_row, verdict, write_report
-from halp.store.parts import PartBuffer, PartFolder, write_part
+from halp.store.parts import IMAGE_ATTENTION, PartBuffer, PartFolder, write_part
 
 LAYERS = [0, 1, 2]
 PLANTED = 1  # query_token at this layer encodes the label linearly
-N, H, D_VIS, PER_IMAGE = 240, 16, 8, 3
+N, H, D_VIS, PER_IMAGE, HEADS = 240, 16, 8, 3, 4
 
 
 def make_store(
@@ -37,14 +37,22 @@ def make_store(
     seed: int = 0,
     categories: np.ndarray | None = None,
     planted_in: np.ndarray | None = None,
+    attention_planted: int | None = None,
 ) -> Params:
     """A real part file (N samples, PER_IMAGE questions per image) plus labels and params pointing at them;
-    the label is planted in the query token at layer PLANTED (only where `planted_in`, if given)."""
+    the label is planted in the query token at layer PLANTED (only where `planted_in`, if given). With
+    `attention_planted`, image attention is stored too, the label planted in the query token's share of
+    attention on the image in head 0 at that layer (and not in its query token then)."""
     rng = np.random.default_rng(seed)
     buffer = PartBuffer()
     for i, label in enumerate(labels):
         query = rng.normal(size=(len(LAYERS), H)).astype(np.float32)
-        if planted_in is None or planted_in[i]:
+        attention = {
+            name: rng.uniform(size=(len(LAYERS), HEADS)).astype(np.float32) for name in IMAGE_ATTENTION
+        }
+        if attention_planted is not None:
+            attention["image_attention"][LAYERS.index(attention_planted), 0] += 2.0 * label
+        elif planted_in is None or planted_in[i]:
             query[LAYERS.index(PLANTED), 0] += 3.0 * (2 * label - 1)
         buffer.add(
             {
@@ -69,7 +77,8 @@ def make_store(
                 "query_token": query,
                 "first_token_logprobs": np.sort(np.log(rng.dirichlet(np.ones(5))))[::-1].astype(np.float32),
                 "first_token_ids": np.arange(5),
-            },
+            }
+            | (attention if attention_planted is not None else {}),
         )
     folder = root / "embeddings" / "m"
     folder.mkdir(parents=True)
@@ -126,6 +135,27 @@ def test_planted_layer_is_found_and_the_others_are_chance(planted):
     planted_ci = report["probes"]["query_token"][str(PLANTED)]["logistic"]
     assert planted_ci["auroc_ci_low"] <= planted_ci["auroc_mean"] <= planted_ci["auroc_ci_high"]
     assert set(report["baselines"]) == {"first_token_max_prob", "first_token_entropy", "metadata"}
+
+
+def test_image_attention_cells_read_the_attention_and_appear_only_where_it_was_stored(planted, tmp_path):
+    """Per layer (4 x heads features), all layers concatenated, and the query token beside them; a store
+    without image attention has none of these cells."""
+    assert not {"image_attention", "image_attention_all", "query_token+image_attention"} & set(
+        planted[2]["probes"]
+    )
+    params = make_store(tmp_path, balanced_labels(), attention_planted=2)
+    report = json.loads(probe_model(params, "m").read_text())
+    assert report["status"] == "ok"
+    for probe in ("mlp", "logistic"):
+        assert auroc(report, "image_attention", 2, probe) >= 0.95
+        for layer in (0, 1):
+            assert abs(auroc(report, "image_attention", layer, probe) - 0.5) < 0.15
+            assert auroc(report, "query_token+image_attention", layer, probe) >= 0.9  # all layers' attention
+        assert abs(auroc(report, "query_token", 2, probe) - 0.5) < 0.15
+        assert auroc(report, "image_attention_all", "pooled", probe) >= 0.9
+    table = pd.read_csv(tmp_path / "probes" / "m.csv")
+    assert len(table[table.representation == "image_attention_all"]) == 2  # one cell per probe, no layer
+    assert table[table.representation == "image_attention_all"].layer.isna().all()
 
 
 def test_low_rank_mlp_finds_the_planted_layer_and_workers_do_not_change_numbers(planted):
@@ -413,8 +443,9 @@ def metrics_of(val: float, test: float) -> dict:
 def test_every_headline_table_and_breakdown_chooses_on_validation_never_on_test():
     """A grid whose test AUROCs rank every cell backwards from validation: each reported cell must be
     validation's choice, shown with its own test AUROC."""
-    layered = [(rep, layer) for rep in ("vision_token", "query_token") for layer in (0, 1)]
-    cells = [("vision_only", None), *layered]
+    layered = [(rep, layer) for rep in ("vision_token", "query_token", "image_attention") for layer in (0, 1)]
+    cells = [("vision_only", None), *layered, ("image_attention_all", None)]
+    cells += [("query_token+image_attention", layer) for layer in (0, 1)]
     rows = pd.DataFrame(
         [
             {"representation": rep, "layer": layer, "probe": probe}
@@ -442,10 +473,17 @@ def test_every_headline_table_and_breakdown_chooses_on_validation_never_on_test(
     assert numbers["output_auroc"] == 0.6
     row = table_row("m", report, rows)
     assert "| 0.790 [0.78, 0.80] (logistic) |" in row, "vision-only"
-    assert "| 0.710 [0.70, 0.72] (L1, logistic) | 0.600 [0.59, 0.61] (first_token_entropy) |" in row
-    assert "0.710 [0.70, 0.72] (query_token L1, logistic)" in verdict("m", report, rows)
+    assert (numbers["ia_layer"], numbers["ia_auroc"]) == (1, round(1.4 - 0.73, 4))
+    assert numbers["ia_all_auroc"] == round(1.4 - 0.75, 4) and "ia_all_layer" not in numbers
+    assert (numbers["qt_ia_layer"], numbers["qt_ia_auroc"]) == (1, round(1.4 - 0.79, 4))
+    assert (
+        "| 0.710 [0.70, 0.72] (L1, logistic) | 0.650 [0.64, 0.66] (all layers, logistic) "
+        "| 0.610 [0.60, 0.62] (L1, logistic) | 0.600 [0.59, 0.61] (first_token_entropy) |"
+    ) in row, "query-token, image attention (per layer or all layers), QT + image attention"
+    assert "0.610 [0.60, 0.62] (query_token+image_attention L1, logistic)" in verdict("m", report, rows)
     table = "\n".join(breakdown("m", report, rows))
     assert "| query_token L1 (logistic) | 0.610 |" in table and "| first_token_entropy | 0.500 |" in table
+    assert "| image attention, all layers (logistic) | 0.550 |" in table
 
     # A group holding one class has no AUROC: written to the JSON as null, it reads as n/a
     report["baselines"]["first_token_entropy"]["auroc_in_faint"] = float("nan")

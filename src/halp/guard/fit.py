@@ -25,7 +25,7 @@ from halp.guard.guard import calibrated, write_guard
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import read_config
 from halp.probe.classifiers import LEARNING_RATE, train_probes
-from halp.probe.headline import best_probe, cell_layer
+from halp.probe.headline import GUARDED, best_probe, cell_layer
 from halp.probe.metrics import auroc, bootstrap_auroc
 from halp.probe.run import load_labelled
 from halp.probe.splits import check_labels, grouped_splits
@@ -39,7 +39,7 @@ def choose_cell(rows: pd.DataFrame, params: Params, model_name: str, source: Pat
     if "val_auroc_mean" not in rows:
         raise ValueError(f"{source} predates validation AUROCs: run `halp probe --model {model_name}` again")
     wanted = params.guard
-    chosen = rows
+    chosen = rows[rows.representation.isin(GUARDED)]
     for key in ("representation", "layer", "probe"):
         if (value := getattr(wanted, key)) is not None:
             chosen = chosen[chosen[key] == value]

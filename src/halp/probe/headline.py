@@ -15,7 +15,20 @@ from __future__ import annotations
 import pandas as pd
 
 METADATA = "metadata"  # the baseline that knows only the question's (source, category)
-SHORT = {"vision_only": "vf", "vision_token": "vt", "query_token": "qt"}
+# Every representation the grid probes, by its short name; the last three where the extraction stored
+# image attention: per layer, all layers' concatenated (DHCP's input), and the query token beside it.
+SHORT = {
+    "vision_only": "vf",
+    "vision_token": "vt",
+    "query_token": "qt",
+    "image_attention": "ia",
+    "image_attention_all": "ia_all",
+    "query_token+image_attention": "qt_ia",
+}
+# What `halp guard` computes from the prefill: it chooses among these cells only.
+GUARDED = ("vision_only", "vision_token", "query_token")
+UNLAYERED = ("vision_only", "image_attention_all")  # one cell each, no decoder block of their own
+LABEL = {"vision_only": "VF", "image_attention_all": "image attention, all layers"}
 DIGITS = 4  # what a table column has room for; the detailed metrics keep every digit
 
 
@@ -33,8 +46,13 @@ def best_probe(
 
 
 def cell_layer(row: pd.Series) -> int | None:
-    """A grid row's decoder block; None for the vision-only features, which have none."""
+    """A grid row's decoder block; None for a representation of no one block (VF, all layers' attention)."""
     return None if pd.isna(row.layer) else int(row.layer)
+
+
+def cell_name(row: pd.Series) -> str:
+    """Where a grid row reads, as people say it: "VF", "query_token L2"."""
+    return LABEL[row.representation] if pd.isna(row.layer) else f"{row.representation} L{int(row.layer)}"
 
 
 def best_output_baseline(report: dict) -> tuple[str, dict]:
@@ -44,9 +62,10 @@ def best_output_baseline(report: dict) -> tuple[str, dict]:
 
 
 def headline(report: dict, rows: pd.DataFrame) -> dict:
-    """{model: {hallucination_rate, vf_auroc, vt_auroc, vt_layer, qt_auroc, qt_layer, output_auroc,
-    metadata_auroc}}, test AUROCs of the cells chosen on validation; only the rate (and the sample count)
-    when the labels allowed no probe."""
+    """{model: {hallucination_rate, vf_auroc, vt_auroc, vt_layer, qt_auroc, qt_layer, (with image attention:
+    ia_auroc, ia_layer, ia_all_auroc, qt_ia_auroc, qt_ia_layer,) output_auroc, metadata_auroc}}, test
+    AUROCs of the cells chosen on validation; only the rate (and the sample count) when the labels allowed
+    no probe."""
     numbers: dict = {
         "samples": report["n_samples"],
         "hallucination_rate": round(report["n_hallucinated"] / max(report["n_samples"], 1), DIGITS),
@@ -56,7 +75,7 @@ def headline(report: dict, rows: pd.DataFrame) -> dict:
             if (best := best_probe(rows, rep)) is None:
                 continue
             numbers[f"{short}_auroc"] = round(float(best.auroc_mean), DIGITS)
-            if rep != "vision_only":
+            if rep not in UNLAYERED:
                 numbers[f"{short}_layer"] = int(best.layer)
         numbers["output_auroc"] = round(best_output_baseline(report)[1]["auroc_mean"], DIGITS)
         numbers["metadata_auroc"] = round(report["baselines"][METADATA]["auroc_mean"], DIGITS)

@@ -25,15 +25,38 @@ from halp.probe.risk_coverage import score_column
 from halp.probe.splits import N_FOLDS, DegenerateLabels, Split, check_labels, grouped_splits
 from halp.probe.transfer import Cell, transfer
 from halp.store import Embeddings, open_finished
+from halp.store.parts import IMAGE_ATTENTION
 
 log = logging.getLogger(__name__)
 
 
+def image_attention(emb: Embeddings, layer: int) -> np.ndarray:
+    """[N, 4 x heads] at a layer: the query token's share of attention on the image and its entropy there,
+    per head, then the vision token's."""
+    return np.concatenate([emb.get(name, layer) for name in IMAGE_ATTENTION], axis=1)
+
+
 def representations(emb: Embeddings) -> Iterator[tuple[str, int | None, np.ndarray]]:
+    """Every cell of the grid: VF; VT and QT at each layer; where the extraction stored image attention,
+    that at each layer, all layers' concatenated (DHCP's input) and the query token beside them."""
     yield "vision_only", None, emb.get("vision_only")
     for rep in ("vision_token", "query_token"):
         for layer in emb.layers:
             yield rep, layer, emb.get(rep, layer)
+    try:
+        attention = {layer: image_attention(emb, layer) for layer in emb.layers}
+    except KeyError:  # extracted without image attention
+        return
+    every = np.concatenate(list(attention.values()), axis=1)
+    for layer, x in attention.items():
+        yield "image_attention", layer, x
+    yield "image_attention_all", None, every
+    for layer in emb.layers:
+        yield (
+            "query_token+image_attention",
+            layer,
+            np.concatenate([emb.get("query_token", layer), every], axis=1),
+        )
 
 
 def output_baselines(emb: Embeddings) -> dict[str, np.ndarray]:

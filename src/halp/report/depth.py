@@ -9,7 +9,7 @@ import pandas as pd
 
 from halp.report import figures
 
-PANELS = ("vision_token", "query_token")
+PANELS = ("vision_token", "query_token", "image_attention")  # the last where a model stored it
 PROBE = "mlp"  # HALP's probe
 
 
@@ -27,8 +27,9 @@ def by_depth(rows: dict[str, pd.DataFrame], blocks: dict[str, int]) -> pd.DataFr
 
 
 def plot_by_depth(table: pd.DataFrame, out: Path) -> None:
-    fig, axes = figures.new(width=10, height=4, panels=len(PANELS))
-    for ax, representation in zip(axes, PANELS, strict=True):
+    panels = [p for p in PANELS if (table.representation == p).any()]
+    fig, axes = figures.new(width=5 * len(panels), height=4, panels=len(panels))
+    for ax, representation in zip(axes, panels, strict=True):
         for model, lines in table.groupby("model", sort=False):
             layered = lines[lines.representation == representation].sort_values("relative_depth")
             (line,) = ax.plot(layered.relative_depth, layered.auroc_mean, marker="o", label=model)

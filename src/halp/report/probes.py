@@ -10,11 +10,19 @@ from pathlib import Path
 import pandas as pd
 
 from halp.jsonfile import number
-from halp.probe.headline import METADATA, best_output_baseline, best_probe
+from halp.probe.headline import METADATA, SHORT, UNLAYERED, best_output_baseline, best_probe, cell_name
 from halp.report import abstention, depth, figures, transfer
 
 log = logging.getLogger(__name__)
-LAYERED = ("vision_token", "query_token")
+LAYERED = tuple(rep for rep in SHORT if rep not in UNLAYERED)
+# the main table's columns of probes: each cell chosen on validation among these representations
+COLUMNS = {
+    "vision-only": ("vision_only",),
+    "vision-token": ("vision_token",),
+    "query-token": ("query_token",),
+    "image attention": ("image_attention", "image_attention_all"),
+    "QT + image attention": ("query_token+image_attention",),
+}
 TRANSFER_HEADING = "## Questions unlike the training set"
 TRANSFER_INTRO = (
     "Each representation's cell chosen on validation, trained on the training rows of one group of "
@@ -25,12 +33,15 @@ TRANSFER_INTRO = (
 )
 
 
-def _cell(rows: pd.DataFrame, representation: str) -> str:
-    """The representation's row chosen on validation: test AUROC with its 95% interval, layer and probe."""
-    if (best := best_probe(rows, representation)) is None:
+def _cell(rows: pd.DataFrame, representations: tuple[str, ...]) -> str:
+    """The row chosen on validation among the representations': test AUROC with its 95% interval, where
+    it reads and its probe."""
+    if (best := best_probe(rows[rows.representation.isin(representations)])) is None:
         return "n/a"
-    where = "" if pd.isna(best.layer) else f"L{int(best.layer)}, "
-    return f"{_interval(best)} ({where}{best.probe})"
+    if best.representation == "vision_only":
+        return f"{_interval(best)} ({best.probe})"
+    where = "all layers" if pd.isna(best.layer) else f"L{int(best.layer)}"
+    return f"{_interval(best)} ({where}, {best.probe})"
 
 
 def _interval(metrics: dict) -> str:
@@ -44,8 +55,8 @@ def _auroc(value: float | None) -> str:
 
 def table_row(model: str, report: dict, rows: pd.DataFrame) -> str:
     if report["status"] != "ok":
-        return f"| {model} | {report['n_samples']} | {report['message']} | | | | |"
-    cells = [_cell(rows, rep) for rep in ("vision_only", *LAYERED)]
+        return f"| {model} | {report['n_samples']} | {report['message']} |" + " |" * (len(COLUMNS) + 1)
+    cells = [_cell(rows, representations) for representations in COLUMNS.values()]
     name, output = best_output_baseline(report)
     cells += [f"{_interval(output)} ({name})", _interval(report["baselines"][METADATA])]
     rate = report["n_hallucinated"] / report["n_samples"]
@@ -58,15 +69,13 @@ def verdict(model: str, report: dict, rows: pd.DataFrame) -> str:
     name, output = best_output_baseline(report)
     rivals = {name: output, f"{METADATA} baseline": report["baselines"][METADATA]}
     beaten = [n for n, m in rivals.items() if best.auroc_ci_low > m["auroc_ci_high"]]
-    text = f"**{model}**: the probe chosen on validation, {_interval(best)} ({_where(best)}, {best.probe}) "
+    text = (
+        f"**{model}**: the probe chosen on validation, {_interval(best)} ({cell_name(best)}, {best.probe}) "
+    )
     if len(beaten) == len(rivals):
         return text + "beats the best output baseline and the metadata baseline (intervals do not overlap)."
     unbeaten = ", ".join(f"{n} {_interval(m)}" for n, m in rivals.items() if n not in beaten)
     return text + f"does not clearly beat {unbeaten} (the intervals overlap)."
-
-
-def _where(best: pd.Series) -> str:
-    return "VF" if pd.isna(best.layer) else f"{best.representation} L{int(best.layer)}"
 
 
 def breakdown(model: str, report: dict, rows: pd.DataFrame) -> list[str]:
@@ -91,10 +100,10 @@ def breakdown(model: str, report: dict, rows: pd.DataFrame) -> list[str]:
         rates = [g["by_category"].get(category) for g in groups.values()]
         cells = " | ".join("" if r is None else f"{r:.0%}" for r in rates)
         lines.append(f"| hallucinated: {category} | {cells} |")
-    for rep in ("vision_only", *LAYERED):
+    for rep in SHORT:
         if (best := best_probe(rows, rep)) is not None:
             cells = " | ".join(_auroc(best[f"auroc_in_{g}"]) for g in groups)
-            lines.append(f"| {_where(best)} ({best.probe}) | {cells} |")
+            lines.append(f"| {cell_name(best)} ({best.probe}) | {cells} |")
     name, output = best_output_baseline(report)
     for label, metrics in ((name, output), (METADATA, report["baselines"][METADATA])):
         lines.append(f"| {label} | " + " | ".join(_auroc(metrics[f"auroc_in_{g}"]) for g in groups) + " |")
@@ -188,9 +197,10 @@ def write_report(
         "over seeds [95% bootstrap interval] (layer, probe), each cell and baseline chosen by validation "
         "AUROC, never by test; splits grouped by image.",
         "",
-        "| model | samples (hallucinated) | vision-only | vision-token | query-token "
-        "| output baseline | metadata baseline |",
-        "|---|---|---|---|---|---|---|",
+        "| model | samples (hallucinated) | "
+        + " | ".join(COLUMNS)
+        + " | output baseline | metadata baseline |",
+        "|---|---|" + "---|" * (len(COLUMNS) + 2),
     ]
     verdicts, grids, blocks = [], {}, {}
     for model in [m for m in models if m not in random_weights]:
@@ -198,7 +208,9 @@ def write_report(
             log.warning(
                 "%s has no probe results in %s: run `halp probe --model %s`", model, probes_dir, model
             )
-            lines.append(f"| {model} | | not probed: run `halp probe --model {model}` | | | | |")
+            lines.append(
+                f"| {model} | | not probed: run `halp probe --model {model}` |" + " |" * (len(COLUMNS) + 1)
+            )
             continue
         report = read_probe_results(probes_dir / f"{model}.json")
         rows = pd.read_csv(probes_dir / f"{model}.csv") if report["status"] == "ok" else pd.DataFrame()
