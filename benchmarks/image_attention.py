@@ -42,9 +42,7 @@ def extractors(params, model: str) -> tuple[Extractor, Extractor]:
     settings = params.model(model)
     loaded = load_model(settings)
     off = Extractor.configured(loaded, settings, params.extract.top_k)
-    on = Extractor.configured(
-        loaded, settings.model_copy(update={"image_attention": True}), params.extract.top_k
-    )
+    on = Extractor(loaded, off.layers, off.max_new_tokens, off.top_k, image_attention=True)
     return off, on
 
 

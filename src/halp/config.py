@@ -226,6 +226,11 @@ class ModelSettings(_Section):
         description="also store the vision and query tokens' attention to the image tokens per layer and "
         "head (share and entropy), under any attention kernel",
     )
+    modules: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="globs of module names (`halp modules --model NAME` lists them), e.g. "
+        "model.language_model.layers.*.mlp: their outputs at the vision and query tokens are stored too",
+    )
 
     @field_validator("device")
     @classmethod

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from PIL.Image import Image
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import BatchFeature, StoppingCriteria, StoppingCriteriaList
 
 from halp.config import ConfigError, ModelSettings
@@ -23,6 +24,7 @@ from halp.store.parts import IMAGE_ATTENTION
 
 VISION = "vision_encoder"
 FIRST_TOKEN = "first_token"
+MODULE = "module:"  # + a module's name: its output at the two positions
 LM_INPUT = "input"  # the residual stream entering the first block: the embeddings and the projected image
 
 
@@ -43,6 +45,8 @@ class BatchOutput:
     answers: list[str]
     # the IMAGE_ATTENTION arrays, each [B, n_layers, heads], when asked for
     image_attention: dict[str, np.ndarray] = field(default_factory=dict)
+    # module name -> its output at (vision token, query token), [B, 2, D], for the modules asked for
+    modules: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 VT_ROW, QT_ROW = 0, 1  # the query rows whose attention to the image is kept
@@ -104,9 +108,11 @@ class Extractor:
         top_k: int,
         pin_memory: bool = False,
         image_attention: bool = False,
+        modules: Mapping[str, nn.Module] | None = None,
     ):
         self.loaded = loaded
         self.image_attention = image_attention
+        self.modules = dict(modules or {})  # name -> module whose output is kept at VT and QT
         self.layers = list(layers)
         self.max_new_tokens = max_new_tokens
         vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
@@ -133,16 +139,10 @@ class Extractor:
         max_new_tokens: int | None = None,
         pin_memory: bool = False,
     ) -> Extractor:
-        """The extractor a `models` entry describes, its layers resolved against this model's depth."""
+        """VF, VT and QT at the layers a `models` entry names (resolved against this model's depth): what
+        the benchmarks time; `halp extract` adds the entry's image attention and modules."""
         layers = resolve_layers(settings.layers, loaded.n_blocks, settings.model)
-        return cls(
-            loaded,
-            layers,
-            max_new_tokens or settings.max_new_tokens,
-            top_k,
-            pin_memory,
-            settings.image_attention,
-        )
+        return cls(loaded, layers, max_new_tokens or settings.max_new_tokens, top_k, pin_memory)
 
     def prepare(self, images: Sequence[Image], questions: Sequence[str]) -> BatchFeature:
         """The model's inputs on the CPU; safe to call from a background thread while `run` works."""
@@ -179,16 +179,21 @@ class Extractor:
 
         at_wanted = at_positions(rows, wanted)  # only [B, 2, H] leaves each block
 
-        def keep_positions(output: Any) -> Tensor:
+        def keep_positions(output: Any, name: str = "decoder block") -> Tensor:
             hidden = output[0] if isinstance(output, tuple) else output  # [B, S, H]
-            if hidden.shape[1] != prompt_len:
+            if hidden.dim() < 3 or hidden.shape[:2] != (batch, prompt_len):
                 raise RuntimeError(
-                    f"decoder hook saw sequence length {hidden.shape[1]}, expected the prefill's {prompt_len}"
+                    f"{name}'s output is {tuple(hidden.shape)}, not [batch {batch}, the prefill's "
+                    f"{prompt_len} positions, ...]: capture modules of the decoder (`halp modules`)"
                 )
             return at_wanted(hidden)
 
         blocks = adapter.blocks(model)
         hooks = {str(k): (blocks[k], keep_positions) for k in self.layers}
+        hooks |= {
+            MODULE + name: (module, partial(keep_positions, name=f"module {name}"))
+            for name, module in self.modules.items()
+        }
         hooks[VISION] = (
             adapter.vision_module(model),
             lambda output: adapter.pool_vision(output, inputs, model).float().cpu(),
@@ -233,6 +238,7 @@ class Extractor:
             n_generated_tokens=_count_until_eos(generated, self.eos_ids).cpu().numpy(),
             answers=self._decode(generated),
             image_attention=self._image_attention(attended),
+            modules={name: captured[MODULE + name].numpy() for name in self.modules},
         )
 
     def _image_attention(self, attended: Watched | None) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from halp.extract.prefetch import prefetched
 from halp.models.fingerprint import model_fingerprint
 from halp.models.layers import resolve_layers
 from halp.models.loading import load_model
+from halp.models.modules import matching, model_modules
 from halp.store.lock import writing
 from halp.store.parts import (
     ARRAYS,
@@ -36,6 +37,7 @@ from halp.store.parts import (
     PartFolder,
     Schema,
     config_hash,
+    module_array,
     non_finite,
     write_part,
 )
@@ -99,7 +101,9 @@ class ExtractionRun:
         self.write_retry_seconds = params.extract.write_retry_seconds
         self.folder = self.folder_for(params, model_name)
         self.prefetch = params.extract.prefetch
+        self.module_names = self._module_names()  # a glob naming nothing stops here, before weights load
         self.loaded = load_model(self.settings, rank.local)
+        named = dict(self.loaded.model.named_modules())
         self.extractor = Extractor(
             self.loaded,
             resolve_layers(self._layer_spec(params), self.loaded.n_blocks, self.settings.model),
@@ -107,6 +111,11 @@ class ExtractionRun:
             self.top_k,
             pin_memory=self.prefetch,
             image_attention=self.settings.image_attention,
+            modules={name: named[name] for name in self.module_names},
+        )
+        columns = [module_array(name) for name in self.module_names]
+        self.schema = replace(
+            self.schema, arrays=(*self.schema.arrays, *columns), floats=(*self.schema.floats, *columns)
         )
         self.layers = self.extractor.layers
         self.config_hash = config_hash(self._identity())
@@ -121,18 +130,30 @@ class ExtractionRun:
     def _layer_spec(self, params: Params) -> list[int | float] | str:
         return self.settings.layers
 
+    def _module_names(self) -> list[str]:
+        """The modules whose outputs are kept at the two positions: every match of the entry's globs, from
+        the model's configuration alone."""
+        if not self.settings.modules:
+            return []
+        found = matching(model_modules(self.settings), self.settings.modules, self.name)
+        return list(dict.fromkeys(name for names in found.values() for name in names))
+
     def _identity(self) -> dict:
         """What changes the numbers (weights, layers, dtypes, generation, schema), not batch or device."""
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "code_version": versions.EXTRACTION,
-            "weights": model_fingerprint(self.settings.model, self.settings.revision),
-            "layers": self.layers,
-            "dtype": self.settings.dtype,
-            "storage_dtype": self.settings.storage_dtype,
-            "max_new_tokens": self.settings.max_new_tokens,
-            "top_k": self.top_k,
-        } | ({"image_attention": versions.IMAGE_ATTENTION} if self.settings.image_attention else {})
+        return (
+            {
+                "schema_version": SCHEMA_VERSION,
+                "code_version": versions.EXTRACTION,
+                "weights": model_fingerprint(self.settings.model, self.settings.revision),
+                "layers": self.layers,
+                "dtype": self.settings.dtype,
+                "storage_dtype": self.settings.storage_dtype,
+                "max_new_tokens": self.settings.max_new_tokens,
+                "top_k": self.top_k,
+            }
+            | ({"image_attention": versions.IMAGE_ATTENTION} if self.settings.image_attention else {})
+            | ({"modules": self.module_names} if self.module_names else {})
+        )
 
     def _attrs(self) -> dict:
         return {
@@ -175,7 +196,8 @@ class ExtractionRun:
         self.vision_dim = out.vision_only.shape[1]
         for i, (_, row) in enumerate(rows.iterrows()):
             arrays = {name: getattr(out, name)[i] for name in ARRAYS}
-            yield _meta(row, out, i), arrays | {name: a[i] for name, a in out.image_attention.items()}
+            arrays |= {name: a[i] for name, a in out.image_attention.items()}
+            yield _meta(row, out, i), arrays | {module_array(name): a[i] for name, a in out.modules.items()}
 
     def _keep(self, rows: pd.DataFrame, out: Any) -> None:
         kept = list(self._rows(rows, out))

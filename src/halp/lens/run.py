@@ -49,6 +49,9 @@ class VisionTokenRun(ExtractionRun):
     def _layer_spec(self, params: Params) -> list[int | float] | str:
         return params.lens.layers
 
+    def _module_names(self) -> list[str]:
+        return []  # every image token's residual stream, no module outputs
+
     def _identity(self) -> dict:
         return {
             "kind": "vision_tokens",

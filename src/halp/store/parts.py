@@ -34,6 +34,14 @@ IMAGE_ATTENTION = (
     "vision_token_image_attention_entropy",
 )
 LAYERED = (*REPRESENTATIONS[1:], *IMAGE_ATTENTION)  # read one layer at a time
+MODULES = "modules"  # the group of the modules captured by `models.NAME.modules`, each [n, 2, D]
+
+
+def module_array(name: str) -> str:
+    """Where a captured module's outputs at (vision token, query token) are stored."""
+    return f"{MODULES}/{name}"
+
+
 TEXT_COLUMNS = (
     "sample_id", "image_id", "image_sha256", "question", "ground_truth", "source", "category", "answer"
 )  # fmt: skip

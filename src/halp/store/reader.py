@@ -22,8 +22,10 @@ from halp.store.parts import (
     LAYERED,
     LENS,
     MANIFEST,
+    MODULES,
     VISION_TOKENS,
     Schema,
+    module_array,
     open_part,
     part_files,
     read_text,
@@ -192,6 +194,23 @@ class Embeddings(Parts):
                 f"{self.folder} was extracted without image attention: set models.{self.folder.name}."
                 f"image_attention: true in params.yaml and run `{self.rerun}` again"
             ) from None
+
+    @cached_property
+    def modules(self) -> list[str]:
+        """The names of the modules whose outputs were captured (`models.NAME.modules`)."""
+        with open_part(self.parts[0]) as f:
+            return list(f[MODULES]) if MODULES in f else []
+
+    def module(self, name: str, token: str = "query_token") -> np.ndarray:
+        """[N, D]: module `name`'s output at the query token (or at the vision token, "vision_token")."""
+        position = ("vision_token", "query_token").index(token)
+        if name not in self.modules:
+            raise KeyError(
+                f"{self.folder} holds no output of module {name!r} (captured: {self.modules or 'none'}): "
+                f"add a glob naming it to models.{self.folder.name}.modules in params.yaml and run "
+                f"`{self.rerun}`"
+            )
+        return self._gather(module_array(name), lambda dataset, rows: dataset[:, position][rows])
 
 
 class ImageParts(Parts):
