@@ -323,6 +323,17 @@ class ProbeSettings(_Section):
     )
 
 
+# every representation the probe grid reads (the last three where image attention was extracted)
+Representation = Literal[
+    "vision_only",
+    "vision_token",
+    "query_token",
+    "image_attention",
+    "image_attention_all",
+    "query_token+image_attention",
+]
+
+
 class GuardSettings(_Section):
     """The probe `halp guard` saves and uses before the answer; unset fields are chosen by validation AUROC
     (never by the test split)."""
@@ -331,7 +342,7 @@ class GuardSettings(_Section):
         default_factory=list,
         description="names from the models map to fit a guard for (labels of both kinds)",
     )
-    representation: Literal["vision_only", "vision_token", "query_token"] | None = None
+    representation: Representation | None = None
     layer: int | None = Field(None, ge=0, description="a block the extraction stored (None: the best)")
     probe: Literal["mlp", "logistic"] | None = None
     coverages: list[Annotated[float, Field(gt=0, le=1)]] = Field(

@@ -17,7 +17,7 @@ from PIL import Image
 from halp.config import ConfigError, load_params
 from halp.guard.guard import Guard, GuardMismatch
 from halp.probe.metrics import auroc
-from halp.probe.run import load_labelled
+from halp.probe.run import cell_features, load_labelled
 from halp.probe.splits import grouped_splits
 from halp.store import open_embeddings
 from halp.store.lock import writing
@@ -25,23 +25,30 @@ from tests.conftest import REPO, file_limit, halp, make_workspace, set_params
 from tests.test_jsonfile import strict
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory, tiny_dir) -> Path:
-    folder = make_workspace(tmp_path_factory.mktemp("guard"), tiny_dir, sample_size=400)
+def fit_demo_guard(
+    folder: Path, tiny_dir: Path, image_attention: bool = False, guard: dict | None = None
+) -> Path:
+    """The demo VLM on a small demo world through the real commands, up to its fitted guard."""
+    make_workspace(folder, tiny_dir, sample_size=400)
     set_params(folder, {"demo.n_images": 120})
     params = yaml.safe_load((folder / "params.yaml").read_text())
     params["models"] = {
         "demo_vlm": {"model": str(REPO / "models/organisms/demo_vlm"), "layers": [0, 2, 3], "batch_size": 32,
-                     "checkpoint_interval": 200, "max_new_tokens": 10},
+                     "checkpoint_interval": 200, "max_new_tokens": 10, "image_attention": image_attention},
     }  # fmt: skip
     params["probe"] = {"seeds": 2, "bootstrap": 50, "workers": 1}
-    params["guard"] = {"models": ["demo_vlm"]}
+    params["guard"] = {"models": ["demo_vlm"]} | (guard or {})
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     for command in ("prepare-data", "sample"):
         halp(command, cwd=folder)
     for command in ("extract", "label", "probe", "guard-fit"):
         halp(command, "--model", "demo_vlm", cwd=folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, tiny_dir) -> Path:
+    return fit_demo_guard(tmp_path_factory.mktemp("guard"), tiny_dir)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +105,22 @@ def test_live_risk_equals_the_saved_probe_on_the_stored_states(fitted, guard):
     live = guard.assess(images, questions, answer=False)
     np.testing.assert_allclose([a.risk for a in live], expected, atol=1e-5, rtol=0)
     assert [a.answer for a in live] == [None] * 12
+
+
+def test_a_guard_on_image_attention_reads_live_what_it_was_fitted_on(tmp_path, tiny_dir):
+    """The query token beside every layer's image attention: the card names the layers, and the risk
+    before the answer equals the saved probe on the stored features, batched and one at a time."""
+    guard_settings = {"representation": "query_token+image_attention", "layer": 2}
+    folder = fit_demo_guard(tmp_path, tiny_dir, image_attention=True, guard=guard_settings)
+    guard = Guard.load(folder / "models/guards/demo_vlm")
+    assert (guard.card["representation"], guard.card["layer"]) == ("query_token+image_attention", 2)
+    assert guard.card["attention_layers"] == [0, 2, 3] and guard.card["width"] == 128 + 3 * 4 * 4
+    emb, images, questions = stored(folder, 8)
+    expected = guard.risk(cell_features(emb, "query_token+image_attention", 2)[:8])
+    live = guard.assess(images, questions, answer=False)
+    np.testing.assert_allclose([a.risk for a in live], expected, atol=1e-5, rtol=0)
+    alone = guard.assess(images[:1], questions[:1], answer=False)[0]
+    assert alone.risk == pytest.approx(live[0].risk, abs=1e-5)
 
 
 def test_batched_equals_one_at_a_time_and_answers_are_the_extractions(fitted, guard):

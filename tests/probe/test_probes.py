@@ -47,10 +47,11 @@ def make_store(
     buffer = PartBuffer()
     for i, label in enumerate(labels):
         query = rng.normal(size=(len(LAYERS), H)).astype(np.float32)
-        attention = {
-            name: rng.uniform(size=(len(LAYERS), HEADS)).astype(np.float32) for name in IMAGE_ATTENTION
-        }
-        if attention_planted is not None:
+        attention = {}
+        if attention_planted is not None:  # drawn only then: the other stores' numbers stay as they were
+            attention = {
+                n: rng.uniform(size=(len(LAYERS), HEADS)).astype(np.float32) for n in IMAGE_ATTENTION
+            }
             attention["image_attention"][LAYERS.index(attention_planted), 0] += 2.0 * label
         elif planted_in is None or planted_in[i]:
             query[LAYERS.index(PLANTED), 0] += 3.0 * (2 * label - 1)
@@ -78,7 +79,7 @@ def make_store(
                 "first_token_logprobs": np.sort(np.log(rng.dirichlet(np.ones(5))))[::-1].astype(np.float32),
                 "first_token_ids": np.arange(5),
             }
-            | (attention if attention_planted is not None else {}),
+            | attention,
         )
     folder = root / "embeddings" / "m"
     folder.mkdir(parents=True)

@@ -70,8 +70,9 @@ def token_positions(input_ids: Tensor, attention_mask: Tensor, image_token_id: i
     return vision, query
 
 
-# the prefill's representations (`Extractor._representations`) -> a bool per row: stop it after the prefill
-AfterPrefill = Callable[[dict[str, Tensor]], Tensor]
+# the prefill's representations (`Extractor._representations`, and the IMAGE_ATTENTION arrays when on) -> a
+# bool per row: stop it after the prefill
+AfterPrefill = Callable[[dict[str, Tensor | np.ndarray]], Tensor]
 
 
 class _AfterPrefill(StoppingCriteria):
@@ -216,7 +217,11 @@ class Extractor:
         )
         with capture_first_call(hooks) as captured, attention as attended:
             if after_prefill is not None:
-                stop = _AfterPrefill(lambda: after_prefill(self._representations(captured, batch)))
+                stop = _AfterPrefill(
+                    lambda: after_prefill(
+                        self._representations(captured, batch) | self._image_attention(attended)
+                    )
+                )
                 generate_kwargs["stopping_criteria"] = StoppingCriteriaList([stop])
             sequences = model.generate(
                 **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, **generate_kwargs

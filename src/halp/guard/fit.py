@@ -25,9 +25,10 @@ from halp.guard.guard import calibrated, write_guard
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import read_config
 from halp.probe.classifiers import LEARNING_RATE, train_probes
-from halp.probe.headline import GUARDED, best_probe, cell_layer
+from halp.probe.features import ATTENTION_CELLS
+from halp.probe.headline import best_probe, cell_layer
 from halp.probe.metrics import auroc, bootstrap_auroc
-from halp.probe.run import load_labelled
+from halp.probe.run import cell_features, load_labelled
 from halp.probe.splits import check_labels, grouped_splits
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def choose_cell(rows: pd.DataFrame, params: Params, model_name: str, source: Pat
     if "val_auroc_mean" not in rows:
         raise ValueError(f"{source} predates validation AUROCs: run `halp probe --model {model_name}` again")
     wanted = params.guard
-    chosen = rows[rows.representation.isin(GUARDED)]
+    chosen = rows
     for key in ("representation", "layer", "probe"):
         if (value := getattr(wanted, key)) is not None:
             chosen = chosen[chosen[key] == value]
@@ -68,7 +69,7 @@ def fit_guard(params: Params, model_name: str, allow_incomplete: bool = False) -
     cell = choose_cell(pd.read_csv(table), params, model_name, table)
     rep, kind = cell.representation, cell.probe
     layer = cell_layer(cell)
-    x = np.asarray(emb.get(rep, layer), np.float32)
+    x = np.asarray(cell_features(emb, rep, layer), np.float32)
     split = train, val, test = grouped_splits(y, groups, 1)[0]
     trained = train_probes(x, y, split, [kind], seed=0, rank=params.probe.mlp_rank)[kind]
     scores = {
@@ -93,6 +94,7 @@ def fit_guard(params: Params, model_name: str, allow_incomplete: bool = False) -
         "max_new_tokens": settings.max_new_tokens,
         "representation": rep,
         "layer": layer,
+        **({"attention_layers": emb.layers} if rep in ATTENTION_CELLS else {}),
         "width": int(x.shape[1]),
         "probe": kind,
         "probe_settings": {"mlp_rank": params.probe.mlp_rank, "learning_rate": LEARNING_RATE[kind]},

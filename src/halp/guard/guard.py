@@ -17,12 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load, save
 from transformers import BatchFeature
 
-from halp.config import ConfigError, ModelSettings
+from halp.config import ConfigError, ModelSettings, Representation
 from halp.extract.engine import Extractor
 from halp.jsonfile import json_text
 from halp.models.fingerprint import model_fingerprint
 from halp.models.loading import LoadedModel, load_model
 from halp.probe.classifiers import build_probe
+from halp.probe.features import ATTENTION_CELLS, attention_cell, stacked
 from halp.store.parts import write_atomically
 
 CARD = "guard.json"
@@ -52,8 +53,9 @@ class CardFields(BaseModel):
     max_new_tokens: int = Field(ge=1)
     n_blocks: int = Field(ge=1)
     hidden_size: int = Field(ge=1)
-    representation: Literal["vision_only", "vision_token", "query_token"]
+    representation: Representation
     layer: int | None = Field(ge=-1)
+    attention_layers: list[int] | None = None  # the blocks an image-attention cell reads
     width: int = Field(ge=1)
     probe: Literal["mlp", "logistic"]
     probe_settings: ProbeSettings
@@ -133,9 +135,12 @@ class Guard:
                 f"the guard keeps thresholds for coverages {list(card['thresholds'])}, not {key}"
             )
         self.threshold = card["thresholds"][key]
-        layers = [card["layer"] if card["layer"] is not None else 0]
-        self.answering = Extractor(loaded, layers, card["max_new_tokens"], top_k=1)
-        self.prefill_only = Extractor(loaded, layers, 1, top_k=1)
+        attention = card["representation"] in ATTENTION_CELLS
+        layers = (
+            card["attention_layers"] if attention else [card["layer"] if card["layer"] is not None else 0]
+        )
+        self.answering = Extractor(loaded, layers, card["max_new_tokens"], top_k=1, image_attention=attention)
+        self.prefill_only = Extractor(loaded, layers, 1, top_k=1, image_attention=attention)
         self._check_model()
 
     @classmethod
@@ -179,9 +184,15 @@ class Guard:
             scores = self.probe(torch.as_tensor(features, dtype=torch.float32)).squeeze(1).numpy()
         return calibrated(scores, self.card["calibration"])
 
-    def _feature(self, representations: dict[str, torch.Tensor]) -> torch.Tensor:
-        found = representations[self.card["representation"]]
-        return found if self.card["layer"] is None else found[:, 0]
+    def _feature(self, representations: dict[str, torch.Tensor | np.ndarray]) -> torch.Tensor | np.ndarray:
+        """The card's cell from the prefill's representations, laid out as the probe grid reads it."""
+        representation, layer = self.card["representation"], self.card["layer"]
+        if representation not in ATTENTION_CELLS:
+            found = representations[representation]
+            return found if layer is None else found[:, 0]
+        index = None if layer is None else self.card["attention_layers"].index(layer)
+        query = representations["query_token"][:, index].numpy() if index is not None else None
+        return attention_cell(representation, stacked(representations), index, query)
 
     def assess(
         self, images: Sequence[Image], questions: Sequence[str], answer: bool = True, abstain: bool = False

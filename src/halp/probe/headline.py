@@ -25,8 +25,6 @@ SHORT = {
     "image_attention_all": "ia_all",
     "query_token+image_attention": "qt_ia",
 }
-# What `halp guard` computes from the prefill: it chooses among these cells only.
-GUARDED = ("vision_only", "vision_token", "query_token")
 UNLAYERED = ("vision_only", "image_attention_all")  # one cell each, no decoder block of their own
 LABEL = {"vision_only": "VF", "image_attention_all": "image attention, all layers"}
 DIGITS = 4  # what a table column has room for; the detailed metrics keep every digit

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from halp.probe.headline import GUARDED, METADATA, SHORT, best_probe, cell_name
+from halp.probe.headline import METADATA, SHORT, best_probe, cell_name
 
 GRID = np.round(np.arange(0.05, 1.0001, 0.05), 2)  # coverages the curves are drawn at
 AT = 0.8  # the coverage a single number is quoted at
@@ -60,11 +60,11 @@ BASELINES = ("first_token_entropy", "first_token_max_prob", METADATA)
 
 
 def evaluate(rows: pd.DataFrame, scores: pd.DataFrame, bootstrap: int) -> dict:
-    """{key: {label, aurc..., rate_at_80..., curve}} for the probe chosen by validation AUROC among those a
-    guard computes (what `halp guard-fit` saves; key "guard"), the one of each representation, and the
-    output and metadata baselines: what the report's abstention section shows. `rows` is the grid's
+    """{key: {label, aurc..., rate_at_80..., curve}} for the probe chosen by validation AUROC overall (what
+    `halp guard-fit` saves; key "guard"), the one of each representation, and the output and metadata
+    baselines: what the report's abstention section shows. `rows` is the grid's
     table, `scores` the test-score table (a column per probe, `score_column`, and per baseline)."""
-    guard = best_probe(rows[rows.representation.isin(GUARDED)])
+    guard = best_probe(rows)
     candidates = {"guard": (f"guard: {probe_label(guard)}", score_column(guard))}  # key: the plot's column
     for rep in SHORT:
         if (best := best_probe(rows, rep)) is not None:

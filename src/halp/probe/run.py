@@ -19,6 +19,7 @@ from halp.jsonfile import write_json
 from halp.label.run import read_verdicts
 from halp.probe import risk_coverage
 from halp.probe.classifiers import fit_probes
+from halp.probe.features import ATTENTION_CELLS, attention_cell, stacked
 from halp.probe.headline import best_probe, cell_layer, headline
 from halp.probe.metrics import aggregate, auroc, bootstrap_auroc, evaluate
 from halp.probe.risk_coverage import score_column
@@ -30,33 +31,38 @@ from halp.store.parts import IMAGE_ATTENTION
 log = logging.getLogger(__name__)
 
 
-def image_attention(emb: Embeddings, layer: int) -> np.ndarray:
-    """[N, 4 x heads] at a layer: the query token's share of attention on the image and its entropy there,
-    per head, then the vision token's."""
-    return np.concatenate([emb.get(name, layer) for name in IMAGE_ATTENTION], axis=1)
+def stored_attention(emb: Embeddings) -> np.ndarray:
+    """[N, L, 4 x heads] over every extracted layer (`features.stacked`); KeyError if none was extracted."""
+    return stacked(
+        {name: np.stack([emb.get(name, k) for k in emb.layers], axis=1) for name in IMAGE_ATTENTION}
+    )
+
+
+def cell_features(emb: Embeddings, representation: str, layer: int | None) -> np.ndarray:
+    """What a grid cell's probe reads, [N, width]."""
+    if representation not in ATTENTION_CELLS:
+        return emb.get(representation, layer)
+    query = emb.get("query_token", layer) if representation == "query_token+image_attention" else None
+    index = None if layer is None else emb.layers.index(layer)
+    return attention_cell(representation, stored_attention(emb), index, query)
 
 
 def representations(emb: Embeddings) -> Iterator[tuple[str, int | None, np.ndarray]]:
     """Every cell of the grid: VF; VT and QT at each layer; where the extraction stored image attention,
     that at each layer, all layers' concatenated (DHCP's input) and the query token beside them."""
-    yield "vision_only", None, emb.get("vision_only")
-    for rep in ("vision_token", "query_token"):
-        for layer in emb.layers:
-            yield rep, layer, emb.get(rep, layer)
+    cells = [
+        ("vision_only", None),
+        *((rep, k) for rep in ("vision_token", "query_token") for k in emb.layers),
+    ]
     try:
-        attention = {layer: image_attention(emb, layer) for layer in emb.layers}
+        stored_attention(emb)
     except KeyError:  # extracted without image attention
-        return
-    every = np.concatenate(list(attention.values()), axis=1)
-    for layer, x in attention.items():
-        yield "image_attention", layer, x
-    yield "image_attention_all", None, every
-    for layer in emb.layers:
-        yield (
-            "query_token+image_attention",
-            layer,
-            np.concatenate([emb.get("query_token", layer), every], axis=1),
-        )
+        pass
+    else:
+        cells += [("image_attention", k) for k in emb.layers] + [("image_attention_all", None)]
+        cells += [("query_token+image_attention", k) for k in emb.layers]
+    for representation, layer in cells:
+        yield representation, layer, cell_features(emb, representation, layer)
 
 
 def output_baselines(emb: Embeddings) -> dict[str, np.ndarray]:
@@ -271,7 +277,9 @@ def transfer_report(
     table = pd.DataFrame(grid.rows)
     chosen = [best_probe(table, rep) for rep in ("vision_only", "vision_token", "query_token")]
     cells = [
-        Cell(row, emb.get(row.representation, cell_layer(row)), grid.split_scores[score_column(row)])
+        Cell(
+            row, cell_features(emb, row.representation, cell_layer(row)), grid.split_scores[score_column(row)]
+        )
         for row in chosen
         if row is not None
     ]
