@@ -163,6 +163,14 @@ def make_workspace(tmp_path: Path, tiny_dir: Path, sample_size: int = 24) -> Pat
     return tmp_path
 
 
+def extract_eight(workspace: Path, model: str) -> Path:
+    """`halp extract` of 8 sampled questions (two parts of 4); returns the model's folder."""
+    set_params(workspace, {"data.sample_size": 8})
+    halp("sample", cwd=workspace)
+    halp("extract", "--model", model, cwd=workspace)
+    return workspace / "embeddings" / model
+
+
 def set_params(folder: Path, changes: dict) -> None:
     """Edit params.yaml in folder: changes are dotted keys, e.g. {"models.qwen2_vl.layers": [1]}."""
     path = folder / "params.yaml"

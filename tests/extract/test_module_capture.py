@@ -12,7 +12,7 @@ import torch
 
 from halp.extract.engine import Extractor
 from halp.store import open_embeddings
-from tests.conftest import ARCHS, halp, set_params
+from tests.conftest import ARCHS, extract_eight, halp, set_params
 
 TOL = 1e-5
 
@@ -80,10 +80,7 @@ def test_a_module_outside_the_decoder_is_named_in_the_error(load_tiny, mixed_bat
 
 def test_modules_are_stored_read_by_name_and_a_glob_naming_nothing_stops_before_loading(workspace):
     model = "qwen2_vl"
-    set_params(workspace, {"data.sample_size": 6})
-    halp("sample", cwd=workspace)
-    folder = workspace / "embeddings" / model
-    halp("extract", "--model", model, cwd=workspace)
+    folder = extract_eight(workspace, model)
     plain = open_embeddings(folder)
     assert plain.modules == []
     plain_hash, plain_query = plain.attrs["config_hash"], plain.get("query_token", 3)
@@ -101,7 +98,7 @@ def test_modules_are_stored_read_by_name_and_a_glob_naming_nothing_stops_before_
     assert emb.attrs["config_hash"] != plain_hash
     assert emb.modules == [f"model.language_model.layers.{k}.mlp" for k in range(4)]  # each module once
     last = emb.module("model.language_model.layers.3.mlp")
-    assert last.shape == (6, emb.attrs["hidden_size"])
+    assert last.shape == (8, emb.attrs["hidden_size"])
     assert not np.array_equal(last, emb.module("model.language_model.layers.3.mlp", "vision_token"))
     np.testing.assert_array_equal(emb.get("query_token", 3), plain_query)  # the rest as without
     with pytest.raises(KeyError, match=f"no output of module 'lm_head'.*models.{model}.modules"):

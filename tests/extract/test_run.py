@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 from halp.store import open_embeddings
 from halp.store.parts import read_text
 from tests.conftest import (
+    extract_eight,
     file_limit,
     halp,
     kill_after_first_part,
@@ -37,14 +38,6 @@ def all_arrays(folder: Path) -> dict[str, np.ndarray]:
         for layer in emb.layers:
             arrays[f"{rep}/{layer}"] = emb.get(rep, layer)
     return arrays
-
-
-def extract_eight(workspace: Path, model: str) -> Path:
-    """`halp extract` of 8 sampled questions (two parts of 4); returns the model's folder."""
-    set_params(workspace, {"data.sample_size": 8})
-    halp("sample", cwd=workspace)
-    halp("extract", "--model", model, cwd=workspace)
-    return workspace / "embeddings" / model
 
 
 @pytest.mark.slow
@@ -98,10 +91,7 @@ def test_image_attention_is_stored_only_when_on_and_off_again_is_the_old_configu
     """On: a new configuration (the parts re-extracted), every stored number the same as without, plus the
     attention arrays, read per layer as [N, heads]. Off: exactly the configuration it was before."""
     model = "qwen2_vl"
-    set_params(workspace, {"data.sample_size": 6})
-    halp("sample", cwd=workspace)
-    folder = workspace / "embeddings" / model
-    halp("extract", "--model", model, cwd=workspace)
+    folder = extract_eight(workspace, model)
     plain = open_embeddings(folder)
     plain_hash, plain_arrays = plain.attrs["config_hash"], all_arrays(folder)
     with pytest.raises(
@@ -119,8 +109,8 @@ def test_image_attention_is_stored_only_when_on_and_off_again_is_the_old_configu
     heads = 4
     for layer in emb.layers:
         share = emb.get("image_attention", layer)
-        assert share.shape == (6, heads) and ((share > 0) & (share < 1)).all()
-        assert emb.get("vision_token_image_attention_entropy", layer).shape == (6, heads)
+        assert share.shape == (8, heads) and ((share > 0) & (share < 1)).all()
+        assert emb.get("vision_token_image_attention_entropy", layer).shape == (8, heads)
 
     set_params(workspace, {f"models.{model}.image_attention": False})
     halp("extract", "--model", model, cwd=workspace)
