@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 
+from halp.config import ModelSettings
 from halp.extract.attention import visible_bias, watching
 from halp.extract.engine import Extractor
+from halp.models.loading import load_model
+from halp.models.registry import ADAPTERS
 from halp.store.parts import IMAGE_ATTENTION
 from tests.conftest import ARCHS
 
@@ -46,11 +50,11 @@ def eager_reference(
     with attention_kernel(loaded.model, "eager"):
         weights = loaded.model(**single, output_attentions=True).attentions
     assert len(weights) == loaded.n_blocks
-    is_image = (single["input_ids"][0] == extractor.image_token_id).float()
+    is_image = (single["input_ids"][0] == extractor.image_token_id).float().cpu()
     out = {name: [] for name in IMAGE_ATTENTION}
     for k in LAYERS:
         for prefix, pos in (("", query_pos), ("vision_token_", vision_pos)):
-            row = weights[k][0, :, pos].float()  # [heads, K]
+            row = weights[k][0, :, pos].float().cpu()  # [heads, K]
             image = (
                 is_image if row.shape[-1] == len(is_image) else torch.ones(row.shape[-1])
             )  # cross-attention
@@ -177,3 +181,27 @@ def test_flash_attention_mask_rebuilt_equals_the_sdpa_mask(window):
             torch.testing.assert_close(rebuilt[1], expected[1])
         else:
             torch.testing.assert_close(rebuilt, expected)
+
+
+FLASH = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+MODEL_TYPES = {"phi4mm": "phi4_multimodal"}  # the tiny models' names that are not their model types
+
+
+@pytest.mark.skipif(not FLASH, reason="flash-attention runs on CUDA with flash-attn installed (.[gpu])")
+@pytest.mark.parametrize("arch", [a for a in ARCHS if ADAPTERS[MODEL_TYPES.get(a, a)].flash_attention])
+def test_under_flash_attention_equals_eager_output_attentions(arch, tiny_dir, mixed_batch):
+    """On a GPU with flash-attn: the kernel gets a 2-D mask, the rows are rebuilt; bfloat16 tolerance."""
+    settings = ModelSettings(
+        model=str(tiny_dir / arch), dtype="bfloat16", device="cuda", attn_implementation="flash_attention_2"
+    )
+    loaded = load_model(settings)
+    assert loaded.attn_implementation == "flash_attention_2"
+    extractor = Extractor(loaded, LAYERS, max_new_tokens=2, top_k=5, image_attention=True)
+    images, questions = mixed_batch
+    batched = extractor.run(extractor.prepare(images, questions))
+    for i, (image, question) in enumerate(zip(images, questions, strict=True)):
+        single = extractor.prepare([image], [question]).to("cuda")
+        positions = int(batched.vision_token_pos[i]), int(batched.query_token_pos[i])
+        expected = eager_reference(loaded, extractor, single, *positions)
+        for name in IMAGE_ATTENTION:
+            np.testing.assert_allclose(batched.image_attention[name][i], expected[name], atol=2e-2, rtol=0)

@@ -474,9 +474,8 @@ def test_every_headline_table_and_breakdown_chooses_on_validation_never_on_test(
     assert numbers["output_auroc"] == 0.6
     row = table_row("m", report, rows)
     assert "| 0.790 [0.78, 0.80] (logistic) |" in row, "vision-only"
-    assert (numbers["ia_layer"], numbers["ia_auroc"]) == (1, round(1.4 - 0.73, 4))
-    assert numbers["ia_all_auroc"] == round(1.4 - 0.75, 4) and "ia_all_layer" not in numbers
-    assert (numbers["qt_ia_layer"], numbers["qt_ia_auroc"]) == (1, round(1.4 - 0.79, 4))
+    assert numbers["ia_auroc"] == round(1.4 - 0.75, 4), "all layers', validation's choice among attention"
+    assert "ia_layer" not in numbers and not any(key.startswith("qt_ia") for key in numbers)
     assert (
         "| 0.710 [0.70, 0.72] (L1, logistic) | 0.650 [0.64, 0.66] (all layers, logistic) "
         "| 0.610 [0.60, 0.62] (L1, logistic) | 0.600 [0.59, 0.61] (first_token_entropy) |"

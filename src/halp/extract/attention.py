@@ -91,11 +91,12 @@ class Watched:
             scores, _, cross = self.kept[k]
             groups.setdefault((scores.shape[-1], cross), []).append(k)
         out: dict[int, Tensor] = {}
+        device = self.is_image.device  # where the inputs are: blocks may sit on several devices
         for (_, cross), group in groups.items():
-            scores = torch.stack([self.kept[k][0] for k in group])
-            bias = torch.stack([self.kept[k][1].expand_as(self.kept[k][0]) for k in group])
-            image = None if cross else self.is_image.to(scores.device)
-            out |= dict(zip(group, image_attention(scores, bias.to(scores.device), image), strict=True))
+            scores = torch.stack([self.kept[k][0].to(device) for k in group])
+            bias = torch.stack([self.kept[k][1].to(device).expand_as(scores[0]) for k in group])
+            image = None if cross else self.is_image
+            out |= dict(zip(group, image_attention(scores, bias, image), strict=True))
         return torch.stack([out[k] for k in layers], dim=1)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from halp.probe.headline import METADATA, SHORT, best_probe, cell_name
+from halp.probe.headline import METADATA, REPRESENTATIONS, best_probe, cell_name
 
 GRID = np.round(np.arange(0.05, 1.0001, 0.05), 2)  # coverages the curves are drawn at
 AT = 0.8  # the coverage a single number is quoted at
@@ -66,7 +66,7 @@ def evaluate(rows: pd.DataFrame, scores: pd.DataFrame, bootstrap: int) -> dict:
     table, `scores` the test-score table (a column per probe, `score_column`, and per baseline)."""
     guard = best_probe(rows)
     candidates = {"guard": (f"guard: {probe_label(guard)}", score_column(guard))}  # key: the plot's column
-    for rep in SHORT:
+    for rep in REPRESENTATIONS:
         if (best := best_probe(rows, rep)) is not None:
             candidates[rep] = (probe_label(best), score_column(best))
     candidates |= {name: (name, name) for name in BASELINES if name in scores}

@@ -10,11 +10,18 @@ from pathlib import Path
 import pandas as pd
 
 from halp.jsonfile import number
-from halp.probe.headline import METADATA, SHORT, UNLAYERED, best_output_baseline, best_probe, cell_name
+from halp.probe.headline import (
+    METADATA,
+    REPRESENTATIONS,
+    UNLAYERED,
+    best_output_baseline,
+    best_probe,
+    cell_name,
+)
 from halp.report import abstention, depth, figures, transfer
 
 log = logging.getLogger(__name__)
-LAYERED = tuple(rep for rep in SHORT if rep not in UNLAYERED)
+LAYERED = tuple(rep for rep in REPRESENTATIONS if rep not in UNLAYERED)
 # the main table's columns of probes: each cell chosen on validation among these representations
 COLUMNS = {
     "vision-only": ("vision_only",),
@@ -100,7 +107,7 @@ def breakdown(model: str, report: dict, rows: pd.DataFrame) -> list[str]:
         rates = [g["by_category"].get(category) for g in groups.values()]
         cells = " | ".join("" if r is None else f"{r:.0%}" for r in rates)
         lines.append(f"| hallucinated: {category} | {cells} |")
-    for rep in SHORT:
+    for rep in REPRESENTATIONS:
         if (best := best_probe(rows, rep)) is not None:
             cells = " | ".join(_auroc(best[f"auroc_in_{g}"]) for g in groups)
             lines.append(f"| {cell_name(best)} ({best.probe}) | {cells} |")
