@@ -323,7 +323,8 @@ class ProbeSettings(_Section):
     )
 
 
-# every representation the probe grid reads (the last three where image attention was extracted)
+# every representation the probe grid reads, in its order; the last three where image attention was
+# extracted: per layer, all layers' concatenated (DHCP's input), and the query token beside them
 Representation = Literal[
     "vision_only",
     "vision_token",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -80,12 +81,16 @@ class Watched:
     """What the watched layers' first attention calls kept: their rows' scores and masks. The rest of the
     computation runs once for all layers (`statistics`), not once per layer inside the forward."""
 
-    def __init__(self, is_image: Tensor):
+    def __init__(self, is_image: Tensor, layers: list[int]):
         self.is_image = is_image  # [B, S]
+        self.layers = layers
         self.kept: dict[int, tuple[Tensor, Tensor, bool]] = {}  # layer -> (scores, bias, cross-attention)
 
-    def statistics(self, layers: list[int]) -> Tensor:
-        """[B, n_layers, R, 2, heads], `image_attention` of each of `layers`, in order."""
+    @cached_property
+    def statistics(self) -> Tensor:
+        """[B, n_layers, R, 2, heads], `image_attention` of each watched layer, in order; computed once,
+        after the prefill (a guard asks right then, the engine again at the end)."""
+        layers = self.layers
         groups: dict[tuple[int, bool], list[int]] = {}  # layers of one key length and kind stack
         for k in layers:
             scores, _, cross = self.kept[k]
@@ -107,7 +112,8 @@ AttentionFunction = Callable[..., tuple[Tensor, Tensor | None]]
 def watching(
     blocks: Mapping[int, nn.Module], cross_attention: str | None, rows: Tensor, is_image: Tensor
 ) -> Iterator[Watched]:
-    """Inside, the first attention call of each block in `blocks` (index -> block) keeps its scores and
+    """Inside, the first attention call of each block in `blocks` (index -> block, in the order the
+    statistics come) keeps its scores and
     mask for the query rows `rows` [B, R]; `Watched.statistics` then gives `image_attention` with the image
     keys `is_image` [B, S] (in a block's `cross_attention` submodule every key is the image's). Every other
     call (vision encoder, decode steps) only runs the real kernel. The library's lookup comes back on exit."""
@@ -117,7 +123,7 @@ def watching(
             set(getattr(block, cross_attention).modules()) if hasattr(block, cross_attention or "") else ()
         )
         watched |= {module: (k, module in cross) for module in block.modules()}
-    found = Watched(is_image)
+    found = Watched(is_image, list(blocks))
     # Layers handed the same mask share its rows' bias; the mask is kept with it, so its id stays its own.
     biases: dict[tuple, tuple[Tensor | None, Tensor]] = {}
 

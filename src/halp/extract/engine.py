@@ -250,7 +250,7 @@ class Extractor:
         """The watched layers' statistics as the stored arrays, each [B, n_layers, heads]."""
         if attended is None:
             return {}
-        stacked = attended.statistics(self.layers).cpu().numpy()  # [B, n_layers, rows, statistics, heads]
+        stacked = attended.statistics.cpu().numpy()  # [B, n_layers, rows, statistics, heads]
         return {name: stacked[:, :, row, statistic] for name, (row, statistic) in ATTENTION_LAYOUT.items()}
 
     @torch.inference_mode()

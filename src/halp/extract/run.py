@@ -103,7 +103,6 @@ class ExtractionRun:
         self.prefetch = params.extract.prefetch
         self.module_names = self._module_names()  # a glob naming nothing stops here, before weights load
         self.loaded = load_model(self.settings, rank.local)
-        named = dict(self.loaded.model.named_modules())
         self.extractor = Extractor(
             self.loaded,
             resolve_layers(self._layer_spec(params), self.loaded.n_blocks, self.settings.model),
@@ -111,7 +110,7 @@ class ExtractionRun:
             self.top_k,
             pin_memory=self.prefetch,
             image_attention=self.settings.image_attention,
-            modules={name: named[name] for name in self.module_names},
+            modules={name: self.loaded.model.get_submodule(name) for name in self.module_names},
         )
         columns = [module_array(name) for name in self.module_names]
         self.schema = replace(

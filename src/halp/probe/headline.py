@@ -12,19 +12,15 @@ other not even the same cell on two CPUs.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pandas as pd
 
+from halp.config import Representation
+
 METADATA = "metadata"  # the baseline that knows only the question's (source, category)
-# Every representation the grid probes; the last three where the extraction stored image attention: per
-# layer, all layers' concatenated (DHCP's input), and the query token beside them.
-REPRESENTATIONS = (
-    "vision_only",
-    "vision_token",
-    "query_token",
-    "image_attention",
-    "image_attention_all",
-    "query_token+image_attention",
-)
+# Every representation the grid probes, in order (the settings validate names against the same list).
+REPRESENTATIONS: tuple[str, ...] = get_args(Representation)
 # The headline's cells, few enough for `dvc exp show` on one screen: each chosen on validation among its
 # representations (VT and QT with their layer); the rest is in metrics/probes/.
 HEADLINE = {

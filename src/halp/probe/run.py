@@ -38,13 +38,16 @@ def stored_attention(emb: Embeddings) -> np.ndarray:
     )
 
 
-def cell_features(emb: Embeddings, representation: str, layer: int | None) -> np.ndarray:
-    """What a grid cell's probe reads, [N, width]."""
+def cell_features(
+    emb: Embeddings, representation: str, layer: int | None, attention: np.ndarray | None = None
+) -> np.ndarray:
+    """What a grid cell's probe reads, [N, width]; `attention`: `stored_attention(emb)` if already read."""
     if representation not in ATTENTION_CELLS:
         return emb.get(representation, layer)
     query = emb.get("query_token", layer) if representation == "query_token+image_attention" else None
     index = None if layer is None else emb.layers.index(layer)
-    return attention_cell(representation, stored_attention(emb), index, query)
+    attention = stored_attention(emb) if attention is None else attention
+    return attention_cell(representation, attention, index, query)
 
 
 def representations(emb: Embeddings) -> Iterator[tuple[str, int | None, np.ndarray]]:
@@ -55,14 +58,14 @@ def representations(emb: Embeddings) -> Iterator[tuple[str, int | None, np.ndarr
         *((rep, k) for rep in ("vision_token", "query_token") for k in emb.layers),
     ]
     try:
-        stored_attention(emb)
+        attention = stored_attention(emb)  # read once for all the attention cells
     except KeyError:  # extracted without image attention
-        pass
+        attention = None
     else:
         cells += [("image_attention", k) for k in emb.layers] + [("image_attention_all", None)]
         cells += [("query_token+image_attention", k) for k in emb.layers]
     for representation, layer in cells:
-        yield representation, layer, cell_features(emb, representation, layer)
+        yield representation, layer, cell_features(emb, representation, layer, attention)
 
 
 def output_baselines(emb: Embeddings) -> dict[str, np.ndarray]:
