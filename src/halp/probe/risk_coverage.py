@@ -20,11 +20,16 @@ AT = 0.8  # the coverage a single number is quoted at
 
 
 def _cumulative_risk(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Hallucination rate among the k least risky answers, k = 1..n, ties spread evenly."""
-    order = np.argsort(s, kind="stable")
-    ordered = pd.Series(y[order].astype(np.float64))
-    spread = ordered.groupby(s[order]).transform("mean").to_numpy()
-    return np.cumsum(spread) / np.arange(1, len(y) + 1)
+    """Hallucination rate among the k least risky answers, k = 1..n, ties spread evenly, for each row of
+    y and s ([curves, n]): a bootstrap's curves all at once (one pandas group-by per curve was a third of
+    the probe stage)."""
+    order = np.argsort(s, axis=1, kind="stable")
+    ordered_y, ordered_s = np.take_along_axis(y, order, 1).astype(np.float64), np.take_along_axis(s, order, 1)
+    starts = np.ones_like(ordered_s, dtype=bool)
+    starts[:, 1:] = ordered_s[:, 1:] != ordered_s[:, :-1]
+    ties = np.cumsum(starts.ravel()) - 1  # one id per run of equal scores, numbered across rows
+    spread = (np.bincount(ties, ordered_y.ravel()) / np.bincount(ties))[ties].reshape(ordered_y.shape)
+    return np.cumsum(spread, axis=1) / np.arange(1, y.shape[1] + 1)
 
 
 def _at(risk: np.ndarray, coverage: float) -> float:
@@ -39,11 +44,12 @@ def risk_coverage(scores: pd.DataFrame, column: str, bootstrap: int, seed: int =
     rng = np.random.default_rng(seed)
     for _, fold in scores[scores.fold >= 0].groupby("fold"):
         y, s = fold.hallucinated.to_numpy(), fold[column].to_numpy(np.float64)
-        risk = _cumulative_risk(y, s)
+        risk = _cumulative_risk(y[None], s[None])[0]
         aurcs.append(risk.mean()), rates.append(_at(risk, AT)), curves.append([_at(risk, c) for c in GRID])
-        for rows in rng.integers(0, len(y), size=(bootstrap, len(y))):  # the curve is not resampled
-            resampled = _cumulative_risk(y[rows], s[rows])
-            boot_aurc.append(resampled.mean()), boot_rate.append(_at(resampled, AT))
+        rows = rng.integers(0, len(y), size=(bootstrap, len(y)))  # the curve is not resampled
+        resampled = _cumulative_risk(y[rows], s[rows])
+        boot_aurc += [curve.mean() for curve in resampled]
+        boot_rate += [_at(curve, AT) for curve in resampled]
     pooled = {"aurc": boot_aurc or aurcs, "rate": boot_rate or rates}
     return {
         "aurc": float(np.mean(aurcs)),
