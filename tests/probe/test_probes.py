@@ -18,10 +18,10 @@ from halp.jsonfile import json_text
 from halp.label.run import label_model
 from halp.probe import metrics
 from halp.probe.classifiers import StandardisedLinear
-from halp.probe.headline import headline
+from halp.probe.headline import cell_layer, headline
 from halp.probe.metrics import bootstrap_auroc
 from halp.probe.risk_coverage import GRID, risk_coverage
-from halp.probe.run import load_labelled, probe_grid, probe_model
+from halp.probe.run import load_labelled, probe_grid, probe_model, transferred_cells
 from halp.probe.splits import grouped_splits
 from halp.report.probes import breakdown, table_row, verdict, write_report
 from halp.store.parts import IMAGE_ATTENTION, PartBuffer, PartFolder, write_part
@@ -533,6 +533,35 @@ def test_transfer_trains_on_one_group_and_tests_on_the_others(tmp_path):
     assert len(plotted) == 3 * (2 + 2) and plotted.out_of_group_mean.between(0, 1).all()
     params.probe.transfer = False  # the grid alone, for a quicker stage
     assert "transfer" not in json.loads(probe_model(params, "m").read_text())
+
+
+def test_transfer_also_trains_the_cell_a_guard_saves_wherever_it_is():
+    """A default guard saves the grid's best cell on validation; its card quotes that cell's left-out
+    numbers, so the transfer runs train it even when it is not one of HALP's three representations."""
+    table = pd.DataFrame(
+        [
+            ("vision_only", None, "mlp", 0.55),
+            ("vision_token", 1, "logistic", 0.60),
+            ("query_token", 2, "mlp", 0.80),
+            ("query_token", 3, "mlp", 0.78),
+            ("image_attention", 2, "mlp", 0.79),
+            ("query_token+image_attention", 3, "logistic", 0.81),
+        ],
+        columns=["representation", "layer", "probe", "val_auroc_mean"],
+    )
+    cells = [(row.representation, cell_layer(row), row.probe) for row in transferred_cells(table)]
+    assert cells == [
+        ("vision_only", None, "mlp"),
+        ("vision_token", 1, "logistic"),
+        ("query_token", 2, "mlp"),
+        ("query_token+image_attention", 3, "logistic"),
+    ]
+    table.loc[5, "val_auroc_mean"] = 0.70  # the query token alone is best: nothing is trained twice
+    assert [row.representation for row in transferred_cells(table)] == [
+        "vision_only",
+        "vision_token",
+        "query_token",
+    ]
 
 
 @pytest.mark.slow

@@ -277,16 +277,25 @@ def transfer_report(
     labels = {"dataset": emb.meta.source.to_numpy(), "category": emb.meta.category.to_numpy()}
     if breakdown is not None:
         labels[str(breakdown.name)] = breakdown.to_numpy()
-    table = pd.DataFrame(grid.rows)
-    chosen = [best_probe(table, rep) for rep in ("vision_only", "vision_token", "query_token")]
     cells = [
         Cell(
             row, cell_features(emb, row.representation, cell_layer(row)), grid.split_scores[score_column(row)]
         )
-        for row in chosen
-        if row is not None
+        for row in transferred_cells(pd.DataFrame(grid.rows))
     ]
     return transfer(cells, y, grid.splits, labels, settings)
+
+
+TRANSFERRED = ("vision_only", "vision_token", "query_token")  # HALP's three, always
+
+
+def transferred_cells(table: pd.DataFrame) -> list[pd.Series]:
+    """The cells the transfer runs train: each of HALP's representations' chosen on validation, and the
+    grid's best on validation wherever it is (the cell `halp guard-fit` saves, whose card quotes these
+    numbers), e.g. the query token with image attention."""
+    chosen = [row for rep in TRANSFERRED if (row := best_probe(table, rep)) is not None]
+    guard = best_probe(table)
+    return chosen if guard is None or guard.representation in TRANSFERRED else [*chosen, guard]
 
 
 def probe_model(

@@ -12,7 +12,14 @@ import pandas as pd
 from halp.jsonfile import number
 from halp.report import figures
 
-SHORT = {"vision_only": "VF", "vision_token": "VT", "query_token": "QT"}
+SHORT = {
+    "vision_only": "VF",
+    "vision_token": "VT",
+    "query_token": "QT",
+    "image_attention": "IA",
+    "image_attention_all": "IA all layers",
+    "query_token+image_attention": "QT+IA",
+}
 
 
 def cell_name(representation: str, cell: dict) -> str:
