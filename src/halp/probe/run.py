@@ -271,9 +271,9 @@ def group_rates(breakdown: np.ndarray, category: np.ndarray, y: np.ndarray) -> d
 def transfer_report(
     emb: Embeddings, y: np.ndarray, grid: Grid, settings: ProbeSettings, breakdown: pd.Series | None
 ) -> dict:
-    """Each representation's cell chosen on validation, trained on one group and tested on the others,
-    for the groups of the samples' dataset, category and the breakdown's column; the probe trained on
-    every group is the grid's own fit."""
+    """The `transferred_cells`, each trained on one group and tested on the others, for the groups of the
+    samples' dataset, category and the breakdown's column; the probe trained on every group is the grid's
+    own fit."""
     labels = {"dataset": emb.meta.source.to_numpy(), "category": emb.meta.category.to_numpy()}
     if breakdown is not None:
         labels[str(breakdown.name)] = breakdown.to_numpy()
