@@ -311,6 +311,9 @@ class ProbeSettings(_Section):
     transfer: bool = Field(
         True, description="train each chosen cell per group of questions and without each (transfer)"
     )
+    transfer_seeds: int = Field(
+        3, ge=1, description="the transfer runs on the first this many of the grid's splits (at most seeds)"
+    )
     out_dir: Path = Path("metrics/probes")
     test_scores_dir: Path = Field(
         Path("data/probes"), description="every sample's out-of-fold test score of each probe and baseline"

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from halp.config import Params
+from halp.config import Params, ProbeSettings
 from halp.jsonfile import json_text
 from halp.label.run import label_model
 from halp.probe import metrics
@@ -23,7 +23,9 @@ from halp.probe.metrics import bootstrap_auroc
 from halp.probe.risk_coverage import GRID, risk_coverage
 from halp.probe.run import load_labelled, probe_grid, probe_model, transferred_cells
 from halp.probe.splits import grouped_splits
+from halp.probe.transfer import Cell, transfer
 from halp.report.probes import breakdown, table_row, verdict, write_report
+from halp.report.transfer import section
 from halp.store.parts import IMAGE_ATTENTION, PartBuffer, PartFolder, write_part
 
 LAYERS = [0, 1, 2]
@@ -510,7 +512,7 @@ def test_transfer_trains_on_one_group_and_tests_on_the_others(tmp_path):
         {"vision_only", "vision_token", "query_token"},
     )
     seen = by_mechanism["trained_on"]["seen"]
-    assert seen["seen"]["auroc_mean"] > 0.8 and seen["seen"]["n_seeds"] == params.probe.seeds
+    assert seen["seen"]["auroc_mean"] > 0.8 and seen["seen"]["n_seeds"] == params.probe.transfer_seeds
     assert seen["seen"]["auroc_ci_low"] < seen["seen"]["auroc_mean"] < seen["seen"]["auroc_ci_high"]
     assert abs(seen["unseen"]["auroc_mean"] - 0.5) < 0.2, "what the seen half learned is not in the other"
     left_out = by_mechanism["left_out"]["seen"]
@@ -562,6 +564,43 @@ def test_transfer_also_trains_the_cell_a_guard_saves_wherever_it_is():
         "vision_token",
         "query_token",
     ]
+
+
+def test_a_guard_s_extra_cell_gets_only_the_left_out_fits_and_the_same_numbers(tmp_path):
+    """The guard's card quotes only leave-one-group-out numbers, so its cell skips the trained-on matrix;
+    the fits it keeps are the ones a full cell makes (same rows, same seed), so its numbers are equal,
+    and the report draws no empty heatmap panel for it."""
+    rng = np.random.default_rng(0)
+    y = balanced_labels()
+    x = rng.normal(size=(N, H)).astype(np.float32)
+    x[:, 0] += 2.0 * y
+    images = np.arange(N) // PER_IMAGE
+    splits = grouped_splits(y, images, 3)
+    scores = [(np.zeros(len(val)), rng.random(len(test))) for _, val, test in splits]
+    row = pd.Series({"representation": "query_token", "layer": 1, "probe": "logistic"})
+    guard = row.copy()
+    guard["representation"] = "query_token+image_attention"
+    mechanism = np.array(["a", "b", "c"])[np.arange(N) % 3]
+    settings = ProbeSettings(seeds=3, transfer_seeds=2, bootstrap=20, workers=1)
+    found = transfer(
+        [Cell(row, x, scores), Cell(guard, x, scores, matrix=False)],
+        y,
+        splits,
+        {"mechanism": mechanism},
+        settings,
+    )["mechanism"]["cells"]
+    full, left_out_only = found["query_token"], found["query_token+image_attention"]
+    assert "trained_on" in full and "trained_on" not in left_out_only
+    assert left_out_only["left_out"] == full["left_out"]
+    assert left_out_only["left_out"]["a"]["out_of_group"]["n_seeds"] == 2, "transfer_seeds of the 3 splits"
+    lines = section(
+        "m",
+        {"mechanism": {"groups": {g: {} for g in "abc"}, "skipped": {}, "cells": found}},
+        tmp_path,
+        tmp_path / "m.csv",
+    )
+    assert (tmp_path / "m_transfer_mechanism.png").stat().st_size > 1000
+    assert sum("| QT+IA L1 logistic |" in line for line in lines) == 3, "its left-out rows in the table"
 
 
 @pytest.mark.slow

@@ -279,7 +279,10 @@ def transfer_report(
         labels[str(breakdown.name)] = breakdown.to_numpy()
     cells = [
         Cell(
-            row, cell_features(emb, row.representation, cell_layer(row)), grid.split_scores[score_column(row)]
+            row,
+            cell_features(emb, row.representation, cell_layer(row)),
+            grid.split_scores[score_column(row)],
+            matrix=row.representation in TRANSFERRED,
         )
         for row in transferred_cells(pd.DataFrame(grid.rows))
     ]
@@ -291,8 +294,8 @@ TRANSFERRED = ("vision_only", "vision_token", "query_token")  # HALP's three, al
 
 def transferred_cells(table: pd.DataFrame) -> list[pd.Series]:
     """The cells the transfer runs train: each of HALP's representations' chosen on validation, and the
-    grid's best on validation wherever it is (the cell `halp guard-fit` saves, whose card quotes these
-    numbers), e.g. the query token with image attention."""
+    grid's best on validation wherever it is (the cell `halp guard-fit` saves, whose card quotes its
+    left-out numbers), e.g. the query token with image attention."""
     chosen = [row for rep in TRANSFERRED if (row := best_probe(table, rep)) is not None]
     guard = best_probe(table)
     return chosen if guard is None or guard.representation in TRANSFERRED else [*chosen, guard]

@@ -5,7 +5,9 @@ Lens: 0.914 AUROC in-task, 0.853 across tasks), while HALP reports in-distributi
 each representation's cell chosen on validation, over the grid's own grouped splits (no image on both
 sides): a probe trained on one group's training rows is tested on every group's test rows (its own group,
 the diagonal, is the ceiling), and one trained on every other group is tested on the group left out,
-beside the probe trained on all groups (HALP's protocol: the grid's own fit) tested on the same rows.
+beside the probe trained on all groups (HALP's protocol: the grid's own fit) tested on the same rows. A
+guard's cell outside those representations gets only the fits that leave a group out: its card quotes
+nothing else.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ MIN_PER_CLASS = N_FOLDS  # a group smaller than this in either class has no AURO
 
 
 class Cell(NamedTuple):
-    """A representation's chosen cell: its grid row, its features, and the grid's (validation, test)
-    scores of that probe on each split (trained on every group)."""
+    """A chosen cell: its grid row, its features, the grid's (validation, test) scores of that probe on
+    each split (trained on every group), and whether it wants the whole matrix (trained on each group,
+    tested on each) or only each group left out (what a guard's card quotes)."""
 
     row: pd.Series
     x: np.ndarray
     split_scores: list[tuple[np.ndarray, np.ndarray]]
+    matrix: bool = True
 
 
 def eligible_groups(labels: np.ndarray, y: np.ndarray) -> tuple[list[str], dict[str, str]]:
@@ -78,11 +82,13 @@ def tested_on_seed(
     probe: str,
     rank: int | None,
     trained_on_all: np.ndarray,
+    matrix: bool,
 ) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
     """One cell's fits on one split, on one thread (a worker runs one (cell, seed) at a time): each
     (grouping, kind, trained group[, tested group]) to the tested rows' labels and scores. `groupings`
     maps a name to (each sample's group, the groups eligible to train and test); `trained_on_all` is
-    the grid's test scores of the probe trained on every group, on this split.
+    the grid's test scores of the probe trained on every group, on this split; without `matrix`, only the
+    fits that leave a group out.
 
     Fits on the same rows are fitted once: with two groups, training without one is training on the
     other."""
@@ -90,7 +96,8 @@ def tested_on_seed(
     fits = {}
     for name, (labels, groups) in groupings.items():
         for g in groups:
-            fits[name, "trained_on", g] = (train[labels[train] == g], val[labels[val] == g])
+            if matrix:
+                fits[name, "trained_on", g] = (train[labels[train] == g], val[labels[val] == g])
             fits[name, "left_out", g] = (train[labels[train] != g], val[labels[val] != g])
     scores, by_rows = {("all",): trained_on_all}, {}
     before = torch.get_num_threads()
@@ -120,27 +127,31 @@ def tested_on_seed(
 
 
 def summarise(
-    by_seed: list[dict[tuple, tuple]], groupings: dict[str, tuple[np.ndarray, list[str]]], bootstrap: int
+    by_seed: list[dict[tuple, tuple]],
+    groupings: dict[str, tuple[np.ndarray, list[str]]],
+    bootstrap: int,
+    matrix: bool,
 ) -> dict:
     """{grouping: {"trained_on": {g: {h: metrics}}, "left_out": {g: {"out_of_group", "in_distribution"}}}}
-    for one cell, from its seeds' tested rows."""
+    for one cell, from its seeds' tested rows; "trained_on" only with `matrix`."""
 
     def metrics(*key: str) -> dict:
         return _summary([tested[key] for tested in by_seed if key in tested], bootstrap)
 
-    return {
-        name: {
-            "trained_on": {g: {h: metrics(name, "trained_on", g, h) for h in groups} for g in groups},
-            "left_out": {
-                h: {
-                    "out_of_group": metrics(name, "left_out", h),
-                    "in_distribution": metrics(name, "in_distribution", h),
-                }
-                for h in groups
-            },
+    summary = {}
+    for name, (_, groups) in groupings.items():
+        left_out = {
+            h: {
+                "out_of_group": metrics(name, "left_out", h),
+                "in_distribution": metrics(name, "in_distribution", h),
+            }
+            for h in groups
         }
-        for name, (_, groups) in groupings.items()
-    }
+        summary[name] = {"left_out": left_out}
+        if matrix:
+            trained_on = {g: {h: metrics(name, "trained_on", g, h) for h in groups} for g in groups}
+            summary[name] = {"trained_on": trained_on} | summary[name]
+    return summary
 
 
 def transfer(
@@ -151,8 +162,9 @@ def transfer(
     settings: ProbeSettings,
 ) -> dict:
     """For each grouping of the samples (e.g. dataset, category, planted mechanism): its groups, the
-    groups left out and why, and per chosen cell the transfer metrics; a grouping with fewer than two
-    usable groups holds only the reason. One worker per (cell, seed)."""
+    groups left out and why, and per chosen cell the transfer metrics over the first
+    `settings.transfer_seeds` splits; a grouping with fewer than two usable groups holds only the reason.
+    One worker per (cell, seed)."""
     report, usable = {}, {}
     for name, labels in labels_by_grouping.items():
         groups, skipped = eligible_groups(labels, y)
@@ -175,7 +187,7 @@ def transfer(
     # One job per (cell, seed), the MLP cells first: a logistic fit takes a tenth of an MLP's time, so
     # those jobs fill the end and both cores stay busy to the last second.
     order = sorted(range(len(cells)), key=lambda i: cells[i].row.probe != "mlp")
-    jobs = [(i, seed) for i in order for seed in range(len(splits))]
+    jobs = [(i, seed) for i in order for seed in range(min(settings.transfer_seeds, len(splits)))]
     tested = Parallel(n_jobs=settings.workers or -1, mmap_mode="c")(
         delayed(tested_on_seed)(
             np.asarray(cells[i].x, np.float32),
@@ -186,14 +198,15 @@ def transfer(
             cells[i].row.probe,
             settings.mlp_rank,
             cells[i].split_scores[seed][1],
+            cells[i].matrix,
         )
         for i, seed in jobs
     )
     by_cell: dict[int, list] = {i: [] for i in order}
     for (i, _), result in zip(jobs, tested, strict=True):
         by_cell[i].append(result)
-    for i, (row, _, _) in enumerate(cells):
-        for name, metrics in summarise(by_cell[i], usable, settings.bootstrap).items():
+    for i, (row, _, _, matrix) in enumerate(cells):
+        for name, metrics in summarise(by_cell[i], usable, settings.bootstrap, matrix).items():
             report[name]["cells"][row.representation] = {
                 "layer": cell_layer(row),
                 "probe": row.probe,

@@ -101,7 +101,9 @@ def cost_sentences(model: str, table: pd.DataFrame) -> list[str]:
 
 
 def _heatmaps(model: str, grouping: str, found: dict, out: Path) -> None:
-    cells = found["cells"]
+    """One panel per cell with a matrix (trained on each group, tested on each); a guard's extra cell has
+    only its left-out numbers, which the table shows."""
+    cells = {rep: cell for rep, cell in found["cells"].items() if "trained_on" in cell}
     groups = list(found["groups"])
     fig, axes = figures.new(width=1.2 + 2.2 * len(cells), height=2.6, panels=len(cells))
     axes = [axes] if len(cells) == 1 else axes
