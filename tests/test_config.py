@@ -3,8 +3,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+import yaml
 
-from halp.config import NONE_CSV, ConfigError, load_params
+from halp.config import NONE_CSV, ConfigError, ProbeSettings, load_params
 from halp.label.run import read_overrides
 from halp.lens.lens_run import read_ground_truth
 from halp.models.loading import pick_device
@@ -18,6 +19,15 @@ def test_repository_params_are_valid():
     assert set(params.models) == {*BUILDERS, *params.organism.subjects}  # every tiny architecture, organisms
     for name in params.organism.subjects:  # each organism is extracted from the folder it is trained into
         assert params.models[name].model == str(params.organism.models_dir / name)
+
+
+def test_every_probe_setting_that_moves_a_number_reruns_the_probe_stage():
+    """`dvc exp run -S probe.X=...` reruns the probe stage only for settings its `params` lists; one left
+    out would leave stale metrics that look current. Paths are its deps and outs; workers move no number."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["probe"]
+    listed = {name.removeprefix("probe.") for name in stage["do"]["params"]}
+    unlisted = {"workers", "out_dir", "test_scores_dir", "headline_dir", "control_dir"}
+    assert listed == set(ProbeSettings.model_fields) - unlisted
 
 
 def test_every_problem_is_listed_with_its_place(tmp_path):
