@@ -138,20 +138,22 @@ def summarise(
     def metrics(*key: str) -> dict:
         return _summary([tested[key] for tested in by_seed if key in tested], bootstrap)
 
-    summary = {}
-    for name, (_, groups) in groupings.items():
-        left_out = {
-            h: {
-                "out_of_group": metrics(name, "left_out", h),
-                "in_distribution": metrics(name, "in_distribution", h),
+    def matrix_of(name: str, groups: list[str]) -> dict:
+        return {"trained_on": {g: {h: metrics(name, "trained_on", g, h) for h in groups} for g in groups}}
+
+    return {
+        name: (matrix_of(name, groups) if matrix else {})
+        | {
+            "left_out": {
+                h: {
+                    "out_of_group": metrics(name, "left_out", h),
+                    "in_distribution": metrics(name, "in_distribution", h),
+                }
+                for h in groups
             }
-            for h in groups
         }
-        summary[name] = {"left_out": left_out}
-        if matrix:
-            trained_on = {g: {h: metrics(name, "trained_on", g, h) for h in groups} for g in groups}
-            summary[name] = {"trained_on": trained_on} | summary[name]
-    return summary
+        for name, (_, groups) in groupings.items()
+    }
 
 
 def transfer(
