@@ -4,9 +4,9 @@
     python benchmarks/probe_transfer.py --model demo_vlm --rounds 3
 
 Each round runs the whole stage both ways (reading the embeddings, the probe grid and its baselines,
-risk-coverage, writing the results; with transfer also each representation's chosen cell trained per group
-and without each group, over dataset, category and `probe.breakdown`). Prints each round's times, the
-median ratio (on / off) with its range, and the CPU.
+risk-coverage, writing the results; with transfer also the transferred cells trained per group and without
+each group, over dataset, category and `probe.breakdown`: `halp.probe.run.transferred_cells`). Prints each
+round's times, the median ratio (on / off) with its range, and the CPU.
 """
 
 from __future__ import annotations

@@ -32,12 +32,12 @@ COLUMNS = {
 }
 TRANSFER_HEADING = "## Questions unlike the training set"
 TRANSFER_INTRO = (
-    "The cells of VF, VT and QT chosen on validation, and the grid's best where it lies elsewhere (the "
-    "cell the guard saves), each trained on the training rows of one group of "
+    "The cells of VF, VT and QT chosen on validation, each trained on the training rows of one group of "
     "questions and tested on every group's test rows (the same splits, grouped by image; the diagonal is "
-    "the in-group ceiling), then trained on all groups but one and tested on the one left out, beside the "
-    "probe trained on every group (HALP's protocol) on the same rows. Mean test AUROC over seeds [95% "
-    "bootstrap interval]."
+    "the in-group ceiling); these and the grid's best where it lies elsewhere (the cell the guard saves) "
+    "trained on all groups but one and tested on the one left out, beside the probe trained on every "
+    "group (HALP's protocol) on the same rows. Mean test AUROC over the first `probe.transfer_seeds` "
+    "splits [95% bootstrap interval]."
 )
 
 
